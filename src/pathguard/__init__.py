@@ -1,0 +1,1 @@
+"""pathguard: runtime governance for AI agents."""
