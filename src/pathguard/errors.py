@@ -107,18 +107,23 @@ class TraceIntegrityError(PathguardError, ValueError):
 
 
 class BlockedError(PathguardError):
-    """A step was refused by policy. `decision` says why; `behavior` is what was refused."""
+    """A step was refused by policy. `decision` says why; `behavior` is what was refused
+    (None when an agent registration was refused)."""
 
-    def __init__(self, decision: Decision, behavior: Behavior, message: str | None = None) -> None:
+    def __init__(
+        self, decision: Decision, behavior: Behavior | None, message: str | None = None
+    ) -> None:
         self.decision = decision
         self.behavior = behavior
         super().__init__(message or self._describe(decision, behavior))
 
     @staticmethod
-    def _describe(decision: Decision, behavior: Behavior) -> str:
-        name = behavior.step_name or behavior.step_type.value
+    def _describe(decision: Decision, behavior: Behavior | None) -> str:
         reasons = "; ".join(f"{v.policy_id}: {v.reason}" for v in decision.violations)
-        return f"Step {name!r} ({behavior.step_type.value}) was blocked by policy. {reasons}"
+        if behavior is None:
+            return f"The agent registration was blocked by policy. {reasons}."
+        name = behavior.step_name or behavior.step_type.value
+        return f"Step {name!r} ({behavior.step_type.value}) was blocked by policy. {reasons}."
 
 
 class ApprovalDeniedError(BlockedError):

@@ -11,7 +11,6 @@ conditions; the same shape is used by policy `when` clauses and by rule paramete
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -38,12 +37,51 @@ OPERATORS: Final = frozenset(
 Predicate = Callable[[Any], bool]
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is reported as a load error, not on stderr
+
+
 def compile_regex(pattern: str) -> Any:
     """Compile a policy pattern on RE2 (linear time); raise ValueError with the RE2 message."""
     try:
-        return re2.compile(pattern)
+        return re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
-        raise ValueError(f"{pattern!r} is not a valid RE2 regular expression ({exc}).") from None
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ValueError(
+            f"{pattern!r} is not a valid RE2 regular expression ({detail}); RE2 has no "
+            "look-around or back-references."
+        ) from None
+
+
+def glob_to_regex(glob: str) -> str:
+    """Translate a shell-style glob (`*`, `?`, `[abc]`, `[!abc]`) to an RE2 pattern."""
+    out: list[str] = []
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            end = glob.find("]", i + 1 if i < n and glob[i] in "!^" else i)
+            if end < 0:
+                out.append(re2.escape("["))
+                continue
+            body = glob[i:end]
+            i = end + 1
+            if body.startswith(("!", "^")):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+        else:
+            out.append(re2.escape(c))
+    return "(?s:" + "".join(out) + ")"
+
+
+def compile_globs(globs: Sequence[str]) -> Any:
+    """One RE2 pattern that fully matches any of the globs (use `.fullmatch`)."""
+    return compile_regex("|".join(glob_to_regex(g) for g in globs))
 
 
 def _comparable(a: Any, b: Any) -> bool:
@@ -214,8 +252,9 @@ class StepFilter(BaseModel):
     @field_validator("step_name")
     @classmethod
     def _check_names(cls, value: Any) -> Any:
-        for glob in _as_list(value) or []:
-            compile_regex(fnmatch.translate(glob))
+        globs = _as_list(value)
+        if globs:
+            compile_globs(globs)
         return value
 
     def compile(self, *, default_types: frozenset[StepType] | None = None) -> StepMatcher:
@@ -242,11 +281,7 @@ class StepMatcher:
         verbs = _as_list(spec.verb)
         self._verbs: frozenset[Verb] | None = frozenset(verbs) if verbs else None
         globs = _as_list(spec.step_name)
-        self._name = (
-            compile_regex("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
-            if globs
-            else None
-        )
+        self._name = compile_globs(globs) if globs else None
         self._props = (
             FieldConditions(spec.properties, prefix="properties.") if spec.properties else None
         )

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from pathguard.canonical import canonical_hash
 from pathguard.matching import StepMatcher
 from pathguard.vocabulary import AgentRegistration, Behavior, Status, StepType
 
@@ -112,11 +112,6 @@ class EvalContext:
         return h() if callable(h) else h
 
 
-def canonical_hash(value: Any) -> str:
-    """`sha256:` + hex digest of the RFC 8785 canonical JSON of a JSON-safe value."""
-    import rfc8785
-
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(value)).hexdigest()
 
 
 def is_satisfying(entry: Behavior, count_attempts: bool = False) -> bool:

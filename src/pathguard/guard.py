@@ -1,0 +1,940 @@
+"""Guard: the SDK that governs an agent's steps in-process.
+
+`Guard` wraps a PolicyEngine with what an application needs: agent registration, task
+lifecycle (the active task lives in a ContextVar, so threads and asyncio tasks never share
+one), the `@guard.step` decorator for sync and async functions, approvals, warnings,
+templates, payload capture with size caps, and a hash-chained trace.
+
+On every governed call: template → Behavior → evaluate →
+  block:   record the attempt as blocked, raise BlockedError, do not call the function;
+  approve: ask the approval handler, record its `step.gate`, evaluate again;
+  warn:    emit a PolicyWarning and go on;
+→ run → record completed (or failed, re-raising the function's own exception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+import inspect
+import logging
+import os
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, ParamSpec, TypeVar, cast
+
+from pathguard.canonical import canonical_hash
+from pathguard.capture import CaptureLimits, to_jsonable
+from pathguard.decisions import Action, Decision, Effect, Mode, Severity, Violation
+from pathguard.engine import PolicyEngine
+from pathguard.errors import (
+    ApprovalDeniedError,
+    BlockedError,
+    ConfigurationError,
+    NoActiveTaskError,
+)
+from pathguard.policies import PolicySet
+from pathguard.templates import Classification, Template, check_classification, deep_merge, \
+    load_template
+from pathguard.trace import HashChain, JsonlSink, TraceSink
+from pathguard.vocabulary import AgentRegistration, Behavior, RiskClass, Status, StepType, Verb
+
+__all__ = ["ApprovalRequest", "Guard", "PolicyWarning"]
+
+logger = logging.getLogger("pathguard")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ApprovalHandler = Callable[["ApprovalRequest"], bool | Awaitable[bool]]
+PropertiesArg = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+"""Sentinel for "not given" where None is a meaningful value."""
+
+_WITHHELD: Final = {"$withheld": "the output was withheld by policy"}
+
+
+class PolicyWarning(UserWarning):
+    """A step violated a policy whose effect is `warn`; it ran anyway."""
+
+    def __init__(self, message: str, *, decision: Decision, behavior: Behavior | None) -> None:
+        super().__init__(message)
+        self.decision = decision
+        self.behavior = behavior
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ApprovalRequest:
+    """What an approval handler is asked about.
+
+    `behavior` is the intended step (None for an agent registration), `decision` the
+    engine's verdict asking for approval, and `input_hash` the canonical hash of the step's
+    input that an approval is bound to.
+    """
+
+    behavior: Behavior | None
+    decision: Decision
+    input_hash: str
+    agent_key: str
+    task_id: str | None
+    phase: Literal["before", "after", "registration"] = "before"
+
+    @property
+    def reasons(self) -> list[str]:
+        """`policy id: reason` for every policy asking for approval."""
+        return [f"{v.policy_id}: {v.reason}" for v in self.decision.violations]
+
+
+class _TaskHandle:
+    __slots__ = ("chain", "parent", "task_id")
+
+    def __init__(self, task_id: str, parent: _TaskHandle | None, chain: HashChain | None) -> None:
+        self.task_id = task_id
+        self.parent = parent
+        self.chain = chain
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StepSpec:
+    """Everything the decorator worked out once, at decoration time."""
+
+    name: str
+    step_type: StepType | None
+    verb: Verb | None
+    classify: Classification | Callable[[Mapping[str, Any]], Classification]
+    properties: Mapping[str, Any]
+    dynamic_properties: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None
+    meta: Mapping[str, Any]
+    names: tuple[str, ...]
+    varargs: str | None
+    varkw: str | None
+    defaults: Mapping[str, Any]
+    skip_first: bool
+    capture_input: bool
+    capture_output: bool
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(f"PATHGUARD_{name}")
+    return value if value not in (None, "") else None
+
+
+def _env_int(name: str) -> int | None:
+    value = _env(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"PATHGUARD_{name}={value!r} is not a whole number; set it to one or unset it."
+        ) from None
+
+
+class Guard:
+    """Governs one agent: checks each step against path policies before it runs.
+
+    Every option can also be set with a `PATHGUARD_*` environment variable (an explicit
+    argument wins): PATHGUARD_AGENT_KEY, PATHGUARD_POLICIES (a file), PATHGUARD_TEMPLATE,
+    PATHGUARD_FAIL_MODE, PATHGUARD_TRACE_PATH, PATHGUARD_HISTORY_LIMIT, PATHGUARD_MAX_STRING,
+    PATHGUARD_MAX_ITEMS, PATHGUARD_MAX_DEPTH, PATHGUARD_API_URL, PATHGUARD_API_KEY.
+    """
+
+    def __init__(
+        self,
+        agent_key: str | None = None,
+        *,
+        policies: PolicySet | Mapping[str, Any] | str | Path | None | _Unset = UNSET,
+        api_url: str | None | _Unset = UNSET,
+        api_key: str | None | _Unset = UNSET,
+        template: Template | Mapping[str, Any] | str | Path | None | _Unset = UNSET,
+        fail_mode: Literal["closed", "open"] | _Unset = UNSET,
+        approval_handler: ApprovalHandler | None = None,
+        trace_path: str | Path | None | _Unset = UNSET,
+        sinks: tuple[TraceSink, ...] | list[TraceSink] = (),
+        history_limit: int | _Unset = UNSET,
+        capture_limits: CaptureLimits | None = None,
+        json_default: Callable[[Any], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        key = agent_key or _env("AGENT_KEY")
+        if not key:
+            raise ConfigurationError(
+                "Guard needs an agent key: pass Guard(agent_key='my-agent') or set "
+                "PATHGUARD_AGENT_KEY."
+            )
+        self.agent_key: str = key
+        url = _env("API_URL") if isinstance(api_url, _Unset) else api_url
+        if url:
+            raise ConfigurationError(
+                "Platform sync (api_url) is not available in this version of pathguard; "
+                "remove api_url / PATHGUARD_API_URL and use policies= and trace_path= locally."
+            )
+        self.api_key = _env("API_KEY") if isinstance(api_key, _Unset) else api_key
+        mode = _env("FAIL_MODE") if isinstance(fail_mode, _Unset) else fail_mode
+        mode = mode or "closed"
+        if mode not in ("closed", "open"):
+            raise ConfigurationError(
+                f"fail_mode must be 'closed' or 'open', not {mode!r}."
+            )
+        self.fail_mode: Literal["closed", "open"] = cast(Literal["closed", "open"], mode)
+        source = _env("POLICIES") if isinstance(policies, _Unset) else policies
+        limit = _env_int("HISTORY_LIMIT") if isinstance(history_limit, _Unset) else history_limit
+        self.engine = PolicyEngine(
+            None if source is None else _policy_source(source),
+            history_limit=1000 if limit is None else limit,
+        )
+        tpl = _env("TEMPLATE") if isinstance(template, _Unset) else template
+        self.template = load_template(tpl)
+        self.approval_handler = approval_handler
+        defaults = CaptureLimits()
+        self.capture_limits = capture_limits or CaptureLimits(
+            max_string=_env_int("MAX_STRING") or defaults.max_string,
+            max_items=_env_int("MAX_ITEMS") or defaults.max_items,
+            max_depth=_env_int("MAX_DEPTH") or defaults.max_depth,
+        )
+        self.json_default = json_default
+        self.clock = clock
+        path = _env("TRACE_PATH") if isinstance(trace_path, _Unset) else trace_path
+        self._sinks: list[TraceSink] = list(sinks)
+        if path:
+            self._sinks.append(JsonlSink(path))
+        self._lock = threading.RLock()
+        self._current: contextvars.ContextVar[_TaskHandle | None] = contextvars.ContextVar(
+            f"pathguard_task_{id(self):x}", default=None
+        )
+        self._overrides: contextvars.ContextVar[tuple[Mapping[str, Any], Mapping[str, Any]]] = (
+            contextvars.ContextVar(f"pathguard_overrides_{id(self):x}", default=({}, {}))
+        )
+        self.registration: AgentRegistration | None = None
+
+    def __repr__(self) -> str:
+        n = len(self.engine.policy_set.policies)
+        return f"Guard(agent_key={self.agent_key!r}, policies={n}, fail_mode={self.fail_mode!r})"
+
+    # -- registration ---------------------------------------------------------------------
+    def register_agent(
+        self,
+        name: str,
+        purpose: str,
+        *,
+        owner: str | None = None,
+        tools: tuple[str, ...] | list[str] = (),
+        risk_classification: RiskClass | str = "minimal",
+        environment: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Declare the agent; `agent_registration` policies decide whether it may run."""
+        registration = AgentRegistration(
+            agent_key=self.agent_key,
+            name=name,
+            purpose=purpose,
+            owner=owner,
+            tools=tuple(tools),
+            risk_classification=RiskClass(risk_classification)
+            if risk_classification in {r.value for r in RiskClass}
+            else cast(RiskClass, risk_classification),
+            environment=environment,
+            metadata=dict(metadata or {}),
+        )
+        decision = self.engine.evaluate_registration(registration)
+        if decision.action is Action.approve:
+            request = ApprovalRequest(
+                behavior=None, decision=decision, agent_key=self.agent_key, task_id=None,
+                input_hash=canonical_hash(registration.to_dict()), phase="registration",
+            )
+            if not self._ask_sync(request):
+                raise ApprovalDeniedError(
+                    decision, None,
+                    f"The registration of agent {self.agent_key!r} needed an approval that was "
+                    f"not given ({'; '.join(request.reasons)}).",
+                )
+        elif decision.action is Action.block:
+            raise BlockedError(decision, None)
+        elif decision.action is Action.warn:
+            self._warn(decision, None)
+        with self._lock:
+            self.engine.register(registration)
+        self.registration = registration
+        return decision
+
+    # -- task lifecycle -------------------------------------------------------------------
+    def start_task(
+        self,
+        task_id: str | None = None,
+        *,
+        context: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Open a task in the current context (thread or asyncio task); returns its id."""
+        task_id = task_id or uuid.uuid4().hex
+        parent = self._current.get()
+        handle = _TaskHandle(task_id, parent, HashChain() if self._sinks else None)
+        with self._lock:
+            self.engine.start_task(task_id, agent_key=self.agent_key)
+        start = self._marker(StepType.task_start, task_id, properties, meta,
+                             input=self._capture(dict(context), "context") if context else None)
+        decision = self._decide(start)
+        if decision.action is Action.block or decision.action is Action.approve:
+            self._record(handle, start.replace(status=Status.blocked), decision)
+            with self._lock:
+                self.engine.end_task(task_id)
+            raise BlockedError(decision, start)
+        self._record(handle, start.replace(status=Status.completed), decision)
+        self._current.set(handle)
+        if decision.action is Action.warn:
+            self._warn(decision, start)
+        return task_id
+
+    def end_task(
+        self,
+        output: Any = None,
+        *,
+        properties: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """End the current task normally. A policy that targets `task.end` may refuse it."""
+        handle = self._require_task("end_task")
+        end = self._marker(StepType.task_end, handle.task_id, properties, meta,
+                           output=None if output is None else self._capture(output, "output"))
+        decision = self._decide(end)
+        if decision.action is Action.block or decision.action is Action.approve:
+            self._record(handle, end.replace(status=Status.blocked), decision)
+            raise BlockedError(decision, end)
+        self._close(handle, end.replace(status=Status.completed), decision)
+        if decision.action is Action.warn:
+            self._warn(decision, end)
+
+    def error_task(
+        self,
+        error: BaseException | str | None = None,
+        *,
+        properties: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """End the current task with an error. Policies are evaluated but cannot refuse it."""
+        handle = self._require_task("error_task")
+        detail = None
+        if isinstance(error, BaseException):
+            detail = {"type": type(error).__name__, "message": str(error)[:1000]}
+        elif error is not None:
+            detail = {"message": str(error)[:1000]}
+        end = self._marker(StepType.task_error, handle.task_id, properties, meta, output=detail)
+        self._close(handle, end.replace(status=Status.completed), self._decide(end))
+
+    def idle_task(self, *, meta: Mapping[str, Any] | None = None) -> Decision:
+        """Record a heartbeat; policies targeting `task.idle` (e.g. a duration cap) may block."""
+        handle = self._require_task("idle_task")
+        idle = self._marker(StepType.task_idle, handle.task_id, None, meta)
+        decision = self._decide(idle)
+        if decision.action is Action.block or decision.action is Action.approve:
+            self._record(handle, idle.replace(status=Status.blocked), decision)
+            raise BlockedError(decision, idle)
+        self._record(handle, idle.replace(status=Status.completed), decision)
+        if decision.action is Action.warn:
+            self._warn(decision, idle)
+        return decision
+
+    def task(
+        self,
+        task_id: str | None = None,
+        *,
+        context: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> _TaskScope:
+        """A context manager (`with` or `async with`) around one task; errors end it as
+        `task.error` and propagate."""
+        return _TaskScope(self, task_id, context, properties, meta)
+
+    @property
+    def current_task_id(self) -> str | None:
+        """The id of the task active in this context, if any."""
+        handle = self._current.get()
+        return None if handle is None else handle.task_id
+
+    @contextmanager
+    def overrides(
+        self,
+        *,
+        properties: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Iterator[None]:
+        """Call-site overrides: steps inside this block get these properties and meta merged
+        on top of the template's and the decorator's."""
+        old_props, old_meta = self._overrides.get()
+        token = self._overrides.set(
+            (deep_merge(old_props, properties or {}), deep_merge(old_meta, meta or {}))
+        )
+        try:
+            yield
+        finally:
+            self._overrides.reset(token)
+
+    # -- the step decorator ----------------------------------------------------------------
+    def step(
+        self,
+        step_type: StepType | str | None = None,
+        verb: Verb | str | None = None,
+        *,
+        step_name: str | None = None,
+        properties: PropertiesArg = None,
+        meta: Mapping[str, Any] | None = None,
+        capture_input: bool = True,
+        capture_output: bool = True,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Govern a function as one step. Works on sync and async functions; the wrapper
+        keeps the function's signature and type. Without `step_type`, the template
+        classifies the step from its name (and arguments)."""
+        declared = None if step_type is None else StepType.parse(step_type)
+        declared_verb = None if verb is None else Verb.parse(verb)
+        if declared is not None:
+            check_classification(declared, declared_verb)
+        if properties is not None and not callable(properties) and not isinstance(
+            properties, Mapping
+        ):
+            raise TypeError("properties= takes a mapping or a function of the arguments.")
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+                raise TypeError(
+                    f"@guard.step cannot govern the generator {func.__qualname__}: the step "
+                    "would end before the generator runs. Govern the function that consumes it."
+                )
+            spec = self._build_spec(func, declared, declared_verb, step_name, properties, meta,
+                                    capture_input, capture_output)
+            if inspect.iscoroutinefunction(func):
+                return cast(Callable[P, R], self._async_wrapper(func, spec))
+            return self._sync_wrapper(func, spec)
+
+        return decorate
+
+    def _build_spec(
+        self,
+        func: Callable[..., Any],
+        declared: StepType | None,
+        declared_verb: Verb | None,
+        step_name: str | None,
+        properties: PropertiesArg,
+        meta: Mapping[str, Any] | None,
+        capture_input: bool,
+        capture_output: bool,
+    ) -> _StepSpec:
+        name = step_name or getattr(func, "__name__", "step")
+        classify = self.template.resolver(name, declared)
+        static_props: Mapping[str, Any] = {}
+        if isinstance(classify, Classification):
+            final_type = declared or classify.step_type or StepType.step_unknown
+            final_verb = declared_verb
+            if final_verb is None and classify.step_type in (None, final_type):
+                final_verb = classify.verb
+            check_classification(final_type, final_verb)
+            static_props = classify.properties
+        dynamic = None
+        if callable(properties):
+            dynamic = properties
+        elif properties:
+            static_props = deep_merge(static_props, properties)
+        if declared is StepType.step_gate or (
+            isinstance(classify, Classification) and classify.step_type is StepType.step_gate
+        ):
+            static_props = deep_merge({"guard": {"gate_type": "human_approval"}}, static_props)
+        signature = inspect.signature(func)
+        names: list[str] = []
+        varargs = varkw = None
+        defaults: dict[str, Any] = {}
+        for param in signature.parameters.values():
+            if param.kind is param.VAR_POSITIONAL:
+                varargs = param.name
+            elif param.kind is param.VAR_KEYWORD:
+                varkw = param.name
+            else:
+                if param.kind is not param.KEYWORD_ONLY:
+                    names.append(param.name)
+                if param.default is not param.empty:
+                    defaults[param.name] = param.default
+        skip_first = bool(names) and names[0] in ("self", "cls")
+        return _StepSpec(
+            name=name, step_type=declared, verb=declared_verb, classify=classify,
+            properties=static_props, dynamic_properties=dynamic, meta=dict(meta or {}),
+            names=tuple(names), varargs=varargs, varkw=varkw, defaults=defaults,
+            skip_first=skip_first, capture_input=capture_input, capture_output=capture_output,
+        )
+
+    def _sync_wrapper(self, func: Callable[P, R], spec: _StepSpec) -> Callable[P, R]:
+        @functools.wraps(func)
+        def governed(*args: P.args, **kwargs: P.kwargs) -> R:
+            handle, intended = self._begin(spec, args, kwargs)
+            decision = self._decide(intended)
+            if decision.action is Action.approve:
+                request = self._request(handle, intended, decision, "before")
+                decision = self._answered(handle, intended, request, self._ask_sync(request))
+            self._enforce(handle, intended, decision)
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                self._failed(handle, spec, intended, decision, exc)
+                raise
+            completed, after = self._output_check(spec, intended, result)
+            if after is not None and after.action is Action.approve:
+                request = self._request(handle, completed, after, "after")
+                after = self._answered(handle, completed, request, self._ask_sync(request))
+            self._completed(handle, completed, decision, after)
+            return result
+
+        return governed
+
+    def _async_wrapper(
+        self, func: Callable[P, Awaitable[Any]], spec: _StepSpec
+    ) -> Callable[P, Awaitable[Any]]:
+        @functools.wraps(func)
+        async def governed(*args: P.args, **kwargs: P.kwargs) -> Any:
+            handle, intended = self._begin(spec, args, kwargs)
+            decision = self._decide(intended)
+            if decision.action is Action.approve:
+                request = self._request(handle, intended, decision, "before")
+                answer = await self._ask_async(request)
+                decision = self._answered(handle, intended, request, answer)
+            self._enforce(handle, intended, decision)
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                self._failed(handle, spec, intended, decision, exc)
+                raise
+            completed, after = self._output_check(spec, intended, result)
+            if after is not None and after.action is Action.approve:
+                request = self._request(handle, completed, after, "after")
+                answer = await self._ask_async(request)
+                after = self._answered(handle, completed, request, answer)
+            self._completed(handle, completed, decision, after)
+            return result
+
+        return governed
+
+    # -- shared step logic (sync and async differ only in how they wait) --------------------
+    def _begin(
+        self, spec: _StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[_TaskHandle, Behavior]:
+        handle = self._current.get()
+        if handle is None:
+            raise NoActiveTaskError(
+                f"The step {spec.name!r} ran outside a task. Open one around it with "
+                "`with guard.task():` (or `async with guard.task():`), or call "
+                "guard.start_task() first."
+            )
+        arguments = self._arguments(spec, args, kwargs)
+        classification = spec.classify
+        props = spec.properties
+        if not isinstance(classification, Classification):
+            classification = classification(arguments)
+            props = deep_merge(classification.properties, props)
+        step_type = spec.step_type or classification.step_type or StepType.step_unknown
+        verb = spec.verb
+        if verb is None and classification.step_type in (None, step_type):
+            verb = classification.verb
+        if spec.dynamic_properties is not None:
+            props = deep_merge(props, spec.dynamic_properties(arguments))
+        call_props, call_meta = self._overrides.get()
+        if call_props:
+            props = deep_merge(props, call_props)
+        meta = deep_merge(spec.meta, call_meta) if call_meta else spec.meta
+        captured = self._capture(arguments, "input") if spec.capture_input else None
+        intended = Behavior(
+            step_type=step_type,
+            verb=verb,
+            step_name=spec.name,
+            properties=props,
+            input=captured,
+            meta=meta,
+            agent_key=self.agent_key,
+            task_id=handle.task_id,
+            timestamp=self.clock(),
+        )
+        return handle, intended
+
+    def _arguments(
+        self, spec: _StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        arguments = dict(spec.defaults) if spec.defaults else {}
+        names = spec.names
+        n = len(names)
+        for i, value in enumerate(args):
+            if i < n:
+                arguments[names[i]] = value
+            elif spec.varargs is not None:
+                arguments.setdefault(spec.varargs, []).append(value)
+        if spec.skip_first and args:
+            arguments.pop(names[0], None)
+        if kwargs:
+            if spec.varkw is None:
+                arguments.update(kwargs)
+            else:
+                for key, value in kwargs.items():
+                    if key in names or key in spec.defaults:
+                        arguments[key] = value
+                    else:
+                        arguments.setdefault(spec.varkw, {})[key] = value
+        return arguments
+
+    def _capture(self, value: Any, where: str) -> Any:
+        return to_jsonable(value, self.capture_limits, json_default=self.json_default,
+                           where=where)
+
+    def _decide(self, behavior: Behavior) -> Decision:
+        try:
+            with self._lock:
+                return self.engine.evaluate(behavior)
+        except Exception as exc:  # the engine itself failed: fail_mode decides
+            return self._engine_failure(exc)
+
+    def _engine_failure(self, exc: Exception) -> Decision:
+        logger.error("pathguard could not evaluate a step: %r", exc, exc_info=exc)
+        if self.fail_mode == "open":
+            return Decision(action=Action.allow)
+        violation = Violation(
+            policy_id="pathguard.fail-closed",
+            rule="fail_mode",
+            severity=Severity.critical,
+            effect=Effect.block,
+            mode=Mode.enforce,
+            reason=f"the step could not be evaluated ({type(exc).__name__}: {exc}) and "
+            "fail_mode is 'closed'",
+        )
+        return Decision.from_violations([violation], ())
+
+    def _request(
+        self,
+        handle: _TaskHandle,
+        behavior: Behavior,
+        decision: Decision,
+        phase: Literal["before", "after"],
+    ) -> ApprovalRequest:
+        return ApprovalRequest(
+            behavior=behavior,
+            decision=decision,
+            input_hash=canonical_hash(behavior.input),
+            agent_key=self.agent_key,
+            task_id=handle.task_id,
+            phase=phase,
+        )
+
+    def _ask_sync(self, request: ApprovalRequest) -> bool:
+        handler = self.approval_handler
+        if handler is None:
+            return False
+        try:
+            answer = handler(request)
+            if inspect.isawaitable(answer):
+                try:
+                    asyncio.get_running_loop()
+                except RuntimeError:
+                    return bool(asyncio.run(_awaited(answer)))
+                _close_awaitable(answer)
+                raise ConfigurationError(
+                    "The approval_handler is async, but a sync step called it from inside a "
+                    "running event loop; make the step async or give a sync handler."
+                )
+            return bool(answer)
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            logger.error("the approval handler raised %r; treating it as a denial", exc)
+            return False
+
+    async def _ask_async(self, request: ApprovalRequest) -> bool:
+        handler = self.approval_handler
+        if handler is None:
+            return False
+        try:
+            answer = handler(request)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return bool(answer)
+        except Exception as exc:
+            logger.error("the approval handler raised %r; treating it as a denial", exc)
+            return False
+
+    def _answered(
+        self, handle: _TaskHandle, behavior: Behavior, request: ApprovalRequest, approved: bool
+    ) -> Decision:
+        """Record the approval as a `step.gate`, then decide again in its light."""
+        gate = Behavior(
+            step_type=StepType.step_gate,
+            step_name=f"approval:{behavior.step_name or behavior.step_type.value}",
+            properties={
+                "guard": {
+                    "gate_type": "human_approval",
+                    "decision": "approved" if approved else "denied",
+                    "approved_input_hash": request.input_hash if approved else None,
+                }
+            },
+            input={"step": behavior.step_name, "phase": request.phase,
+                   "reasons": request.reasons},
+            agent_key=self.agent_key,
+            task_id=handle.task_id,
+            status=Status.completed,
+            timestamp=self.clock(),
+        )
+        self._record(handle, gate, None)
+        if not approved:
+            why = (
+                "no approval_handler is configured"
+                if self.approval_handler is None
+                else "the approval handler refused it"
+            )
+            refused = behavior.replace(status=Status.blocked, output=None
+                                       if request.phase == "before" else _WITHHELD)
+            self._record(handle, refused, request.decision)
+            name = behavior.step_name or behavior.step_type.value
+            raise ApprovalDeniedError(
+                request.decision,
+                behavior,
+                f"Step {name!r} needed an approval and {why} "
+                f"({'; '.join(request.reasons)}).",
+            )
+        if request.phase == "after":
+            decision = self._decide_output(behavior)
+        else:
+            decision = self._decide(behavior)
+        # An approve verdict that survives the approval was just granted by a human.
+        return decision
+
+    def _enforce(self, handle: _TaskHandle, intended: Behavior, decision: Decision) -> None:
+        if decision.action is Action.block:
+            self._record(handle, intended.replace(status=Status.blocked), decision)
+            raise BlockedError(decision, intended)
+        if decision.action is Action.warn:
+            self._warn(decision, intended)
+
+    def _decide_output(self, completed: Behavior) -> Decision:
+        try:
+            with self._lock:
+                return self.engine.evaluate_output(completed)
+        except Exception as exc:
+            return self._engine_failure(exc)
+
+    def _output_check(
+        self, spec: _StepSpec, intended: Behavior, result: Any
+    ) -> tuple[Behavior, Decision | None]:
+        output = self._capture(result, "output") if spec.capture_output else None
+        changes: dict[str, Any] = {"status": Status.completed, "output": output}
+        if intended.step_type is StepType.step_gate:
+            verdict = "denied" if result is False else "approved"
+            changes["properties"] = deep_merge(intended.properties,
+                                               {"guard": {"decision": verdict}})
+        completed = intended.replace(**changes)
+        if not self.engine.has_output_policies(completed):
+            return completed, None
+        return completed, self._decide_output(completed)
+
+    def _completed(
+        self,
+        handle: _TaskHandle,
+        completed: Behavior,
+        decision: Decision,
+        after: Decision | None,
+    ) -> None:
+        if after is not None and after.action is Action.block:
+            self._record(handle, completed.replace(status=Status.blocked, output=_WITHHELD),
+                         after)
+            raise BlockedError(after, completed)
+        self._record(handle, completed, decision if after is None else _merge(decision, after))
+        if after is not None and after.action is Action.warn:
+            self._warn(after, completed)
+
+    def _failed(
+        self,
+        handle: _TaskHandle,
+        spec: _StepSpec,
+        intended: Behavior,
+        decision: Decision,
+        exc: BaseException,
+    ) -> None:
+        changes: dict[str, Any] = {
+            "status": Status.failed,
+            "output": {"error": type(exc).__name__, "message": str(exc)[:1000]},
+        }
+        if intended.step_type is StepType.step_gate:
+            changes["properties"] = deep_merge(intended.properties,
+                                               {"guard": {"decision": "denied"}})
+        self._record(handle, intended.replace(**changes), decision)
+
+    def _warn(self, decision: Decision, behavior: Behavior | None) -> None:
+        what = "agent registration" if behavior is None else (
+            f"step {behavior.step_name or behavior.step_type.value!r}"
+        )
+        reasons = "; ".join(f"{v.policy_id}: {v.reason}" for v in decision.violations)
+        warnings.warn(
+            PolicyWarning(f"The {what} violates a warn policy: {reasons}.",
+                          decision=decision, behavior=behavior),
+            stacklevel=4,
+        )
+
+    # -- recording ------------------------------------------------------------------------
+    def _marker(
+        self,
+        step_type: StepType,
+        task_id: str,
+        properties: Mapping[str, Any] | None,
+        meta: Mapping[str, Any] | None,
+        *,
+        input: Any = None,
+        output: Any = None,
+    ) -> Behavior:
+        return Behavior(
+            step_type=step_type,
+            step_name=step_type.value,
+            properties=dict(properties or {}),
+            meta=dict(meta or {}),
+            input=input,
+            output=output,
+            agent_key=self.agent_key,
+            task_id=task_id,
+            timestamp=self.clock(),
+        )
+
+    def _record(self, handle: _TaskHandle, behavior: Behavior, decision: Decision | None) -> None:
+        try:
+            with self._lock:
+                self.engine.record(behavior)
+        except Exception as exc:  # never lose the trace because a monitor broke
+            logger.error("pathguard could not update its monitors: %r", exc, exc_info=exc)
+        if handle.chain is not None:
+            record = handle.chain.append(behavior, decision)
+            for sink in self._sinks:
+                try:
+                    sink.write(record)
+                except Exception as exc:
+                    logger.error("a trace sink failed to take a record: %r", exc)
+
+    def _close(self, handle: _TaskHandle, final: Behavior, decision: Decision) -> None:
+        self._record(handle, final, decision)
+        with self._lock:
+            self.engine.end_task(handle.task_id)
+        self._current.set(handle.parent)
+
+    def _require_task(self, what: str) -> _TaskHandle:
+        handle = self._current.get()
+        if handle is None:
+            raise NoActiveTaskError(
+                f"guard.{what}() was called with no task open in this context; open one with "
+                "guard.start_task() or `with guard.task():`."
+            )
+        return handle
+
+    # -- resources ------------------------------------------------------------------------
+    def add_sink(self, sink: TraceSink) -> None:
+        """Send trace records to another sink (for tasks started from now on)."""
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: TraceSink) -> None:
+        """Stop sending trace records to a sink (it is flushed, not closed)."""
+        self._sinks.remove(sink)
+        sink.flush()
+
+    def flush(self) -> None:
+        """Wait until every trace record handed to a sink is written."""
+        for sink in self._sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        """Flush and close the trace sinks."""
+        for sink in self._sinks:
+            sink.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _merge(before: Decision, after: Decision) -> Decision:
+    if not after.violations and not after.shadow:
+        return before
+    return Decision.from_violations(
+        [*before.violations, *before.shadow, *after.violations, *after.shadow],
+        before.evaluated + after.evaluated,
+    )
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _close_awaitable(awaitable: Awaitable[Any]) -> None:
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
+
+
+def _policy_source(source: Any) -> Any:
+    return Path(source) if isinstance(source, str) and "\n" not in source else source
+
+
+class _TaskScope:
+    """`with guard.task():` / `async with guard.task():`."""
+
+    __slots__ = ("_args", "_guard", "task_id")
+
+    def __init__(
+        self,
+        guard: Guard,
+        task_id: str | None,
+        context: Mapping[str, Any] | None,
+        properties: Mapping[str, Any] | None,
+        meta: Mapping[str, Any] | None,
+    ) -> None:
+        self._guard = guard
+        self._args = (task_id, context, properties, meta)
+        self.task_id: str | None = None
+
+    def __enter__(self) -> str:
+        task_id, context, properties, meta = self._args
+        self.task_id = self._guard.start_task(task_id, context=context, properties=properties,
+                                              meta=meta)
+        return self.task_id
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self._guard.error_task(exc)
+            return
+        try:
+            self._guard.end_task()
+        except BlockedError as blocked:
+            # The end was refused by a policy that targets task.end: close the task as an
+            # error so that it does not stay open, and tell the caller.
+            self._guard.error_task(blocked)
+            raise
+
+    async def __aenter__(self) -> str:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
