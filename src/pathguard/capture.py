@@ -65,7 +65,7 @@ def _cut(text: str, limits: CaptureLimits) -> str:
     return f"{text[: limits.max_string]}…[truncated {len(text) - limits.max_string} chars]"
 
 
-def _convert(  # noqa: C901 - one flat type dispatch reads best here
+def _convert(
     value: Any,
     limits: CaptureLimits,
     json_default: Callable[[Any], Any] | None,

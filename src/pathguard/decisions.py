@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Final
 
 __all__ = ["Action", "Decision", "Effect", "Mode", "Severity", "Violation"]
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What happens to a step, weakest first: allow < warn < approve < block."""
 
     allow = "allow"
     warn = "warn"
     approve = "approve"
     block = "block"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def strength(self) -> int:
@@ -29,27 +26,21 @@ class Action(str, Enum):
 _STRENGTH: Final = {Action.allow: 0, Action.warn: 1, Action.approve: 2, Action.block: 3}
 
 
-class Effect(str, Enum):
+class Effect(StrEnum):
     """What a violated policy asks for."""
 
     block = "block"
     approve = "approve"
     warn = "warn"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Severity(str, Enum):
+class Severity(StrEnum):
     """How bad a violation is; the weight feeds `Decision.risk_score`."""
 
     low = "low"
     medium = "medium"
     high = "high"
     critical = "critical"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def weight(self) -> float:
@@ -64,14 +55,11 @@ _WEIGHT: Final = {
 }
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """`enforce` acts on violations; `shadow` only reports them."""
 
     enforce = "enforce"
     shadow = "shadow"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -42,8 +42,13 @@ from pathguard.errors import (
     NoActiveTaskError,
 )
 from pathguard.policies import PolicySet
-from pathguard.templates import Classification, Template, check_classification, deep_merge, \
-    load_template
+from pathguard.templates import (
+    Classification,
+    Template,
+    check_classification,
+    deep_merge,
+    load_template,
+)
 from pathguard.trace import HashChain, JsonlSink, TraceSink
 from pathguard.vocabulary import AgentRegistration, Behavior, RiskClass, Status, StepType, Verb
 
@@ -159,13 +164,13 @@ class Guard:
         self,
         agent_key: str | None = None,
         *,
-        policies: PolicySet | Mapping[str, Any] | str | Path | None | _Unset = UNSET,
-        api_url: str | None | _Unset = UNSET,
-        api_key: str | None | _Unset = UNSET,
-        template: Template | Mapping[str, Any] | str | Path | None | _Unset = UNSET,
+        policies: PolicySet | Mapping[str, Any] | str | Path | _Unset | None = UNSET,
+        api_url: str | _Unset | None = UNSET,
+        api_key: str | _Unset | None = UNSET,
+        template: Template | Mapping[str, Any] | str | Path | _Unset | None = UNSET,
         fail_mode: Literal["closed", "open"] | _Unset = UNSET,
         approval_handler: ApprovalHandler | None = None,
-        trace_path: str | Path | None | _Unset = UNSET,
+        trace_path: str | Path | _Unset | None = UNSET,
         sinks: tuple[TraceSink, ...] | list[TraceSink] = (),
         history_limit: int | _Unset = UNSET,
         capture_limits: CaptureLimits | None = None,
@@ -189,9 +194,7 @@ class Guard:
         mode = _env("FAIL_MODE") if isinstance(fail_mode, _Unset) else fail_mode
         mode = mode or "closed"
         if mode not in ("closed", "open"):
-            raise ConfigurationError(
-                f"fail_mode must be 'closed' or 'open', not {mode!r}."
-            )
+            raise ConfigurationError(f"fail_mode must be 'closed' or 'open', not {mode!r}.")
         self.fail_mode: Literal["closed", "open"] = cast(Literal["closed", "open"], mode)
         source = _env("POLICIES") if isinstance(policies, _Unset) else policies
         limit = _env_int("HISTORY_LIMIT") if isinstance(history_limit, _Unset) else history_limit
@@ -255,12 +258,17 @@ class Guard:
         decision = self.engine.evaluate_registration(registration)
         if decision.action is Action.approve:
             request = ApprovalRequest(
-                behavior=None, decision=decision, agent_key=self.agent_key, task_id=None,
-                input_hash=canonical_hash(registration.to_dict()), phase="registration",
+                behavior=None,
+                decision=decision,
+                agent_key=self.agent_key,
+                task_id=None,
+                input_hash=canonical_hash(registration.to_dict()),
+                phase="registration",
             )
             if not self._ask_sync(request):
                 raise ApprovalDeniedError(
-                    decision, None,
+                    decision,
+                    None,
                     f"The registration of agent {self.agent_key!r} needed an approval that was "
                     f"not given ({'; '.join(request.reasons)}).",
                 )
@@ -285,11 +293,16 @@ class Guard:
         """Open a task in the current context (thread or asyncio task); returns its id."""
         task_id = task_id or uuid.uuid4().hex
         parent = self._current.get()
-        handle = _TaskHandle(task_id, parent, HashChain() if self._sinks else None)
+        handle = _TaskHandle(task_id, parent, HashChain(sinks=self._sinks) if self._sinks else None)
         with self._lock:
             self.engine.start_task(task_id, agent_key=self.agent_key)
-        start = self._marker(StepType.task_start, task_id, properties, meta,
-                             input=self._capture(dict(context), "context") if context else None)
+        start = self._marker(
+            StepType.task_start,
+            task_id,
+            properties,
+            meta,
+            input=self._capture(dict(context), "context") if context else None,
+        )
         decision = self._decide(start)
         if decision.action is Action.block or decision.action is Action.approve:
             self._record(handle, start.replace(status=Status.blocked), decision)
@@ -311,8 +324,13 @@ class Guard:
     ) -> None:
         """End the current task normally. A policy that targets `task.end` may refuse it."""
         handle = self._require_task("end_task")
-        end = self._marker(StepType.task_end, handle.task_id, properties, meta,
-                           output=None if output is None else self._capture(output, "output"))
+        end = self._marker(
+            StepType.task_end,
+            handle.task_id,
+            properties,
+            meta,
+            output=None if output is None else self._capture(output, "output"),
+        )
         decision = self._decide(end)
         if decision.action is Action.block or decision.action is Action.approve:
             self._record(handle, end.replace(status=Status.blocked), decision)
@@ -406,8 +424,10 @@ class Guard:
         declared_verb = None if verb is None else Verb.parse(verb)
         if declared is not None:
             check_classification(declared, declared_verb)
-        if properties is not None and not callable(properties) and not isinstance(
-            properties, Mapping
+        if (
+            properties is not None
+            and not callable(properties)
+            and not isinstance(properties, Mapping)
         ):
             raise TypeError("properties= takes a mapping or a function of the arguments.")
 
@@ -417,8 +437,16 @@ class Guard:
                     f"@guard.step cannot govern the generator {func.__qualname__}: the step "
                     "would end before the generator runs. Govern the function that consumes it."
                 )
-            spec = self._build_spec(func, declared, declared_verb, step_name, properties, meta,
-                                    capture_input, capture_output)
+            spec = self._build_spec(
+                func,
+                declared,
+                declared_verb,
+                step_name,
+                properties,
+                meta,
+                capture_input,
+                capture_output,
+            )
             if inspect.iscoroutinefunction(func):
                 return cast(Callable[P, R], self._async_wrapper(func, spec))
             return self._sync_wrapper(func, spec)
@@ -436,7 +464,7 @@ class Guard:
         capture_input: bool,
         capture_output: bool,
     ) -> _StepSpec:
-        name = step_name or getattr(func, "__name__", "step")
+        name: str = step_name or getattr(func, "__name__", None) or "step"
         classify = self.template.resolver(name, declared)
         static_props: Mapping[str, Any] = {}
         if isinstance(classify, Classification):
@@ -471,10 +499,20 @@ class Guard:
                     defaults[param.name] = param.default
         skip_first = bool(names) and names[0] in ("self", "cls")
         return _StepSpec(
-            name=name, step_type=declared, verb=declared_verb, classify=classify,
-            properties=static_props, dynamic_properties=dynamic, meta=dict(meta or {}),
-            names=tuple(names), varargs=varargs, varkw=varkw, defaults=defaults,
-            skip_first=skip_first, capture_input=capture_input, capture_output=capture_output,
+            name=name,
+            step_type=declared,
+            verb=declared_verb,
+            classify=classify,
+            properties=static_props,
+            dynamic_properties=dynamic,
+            meta=dict(meta or {}),
+            names=tuple(names),
+            varargs=varargs,
+            varkw=varkw,
+            defaults=defaults,
+            skip_first=skip_first,
+            capture_input=capture_input,
+            capture_output=capture_output,
         )
 
     def _sync_wrapper(self, func: Callable[P, R], spec: _StepSpec) -> Callable[P, R]:
@@ -593,8 +631,7 @@ class Guard:
         return arguments
 
     def _capture(self, value: Any, where: str) -> Any:
-        return to_jsonable(value, self.capture_limits, json_default=self.json_default,
-                           where=where)
+        return to_jsonable(value, self.capture_limits, json_default=self.json_default, where=where)
 
     def _decide(self, behavior: Behavior) -> Decision:
         try:
@@ -684,8 +721,7 @@ class Guard:
                     "approved_input_hash": request.input_hash if approved else None,
                 }
             },
-            input={"step": behavior.step_name, "phase": request.phase,
-                   "reasons": request.reasons},
+            input={"step": behavior.step_name, "phase": request.phase, "reasons": request.reasons},
             agent_key=self.agent_key,
             task_id=handle.task_id,
             status=Status.completed,
@@ -698,15 +734,15 @@ class Guard:
                 if self.approval_handler is None
                 else "the approval handler refused it"
             )
-            refused = behavior.replace(status=Status.blocked, output=None
-                                       if request.phase == "before" else _WITHHELD)
+            refused = behavior.replace(
+                status=Status.blocked, output=None if request.phase == "before" else _WITHHELD
+            )
             self._record(handle, refused, request.decision)
             name = behavior.step_name or behavior.step_type.value
             raise ApprovalDeniedError(
                 request.decision,
                 behavior,
-                f"Step {name!r} needed an approval and {why} "
-                f"({'; '.join(request.reasons)}).",
+                f"Step {name!r} needed an approval and {why} ({'; '.join(request.reasons)}).",
             )
         if request.phase == "after":
             decision = self._decide_output(behavior)
@@ -736,8 +772,9 @@ class Guard:
         changes: dict[str, Any] = {"status": Status.completed, "output": output}
         if intended.step_type is StepType.step_gate:
             verdict = "denied" if result is False else "approved"
-            changes["properties"] = deep_merge(intended.properties,
-                                               {"guard": {"decision": verdict}})
+            changes["properties"] = deep_merge(
+                intended.properties, {"guard": {"decision": verdict}}
+            )
         completed = intended.replace(**changes)
         if not self.engine.has_output_policies(completed):
             return completed, None
@@ -751,8 +788,7 @@ class Guard:
         after: Decision | None,
     ) -> None:
         if after is not None and after.action is Action.block:
-            self._record(handle, completed.replace(status=Status.blocked, output=_WITHHELD),
-                         after)
+            self._record(handle, completed.replace(status=Status.blocked, output=_WITHHELD), after)
             raise BlockedError(after, completed)
         self._record(handle, completed, decision if after is None else _merge(decision, after))
         if after is not None and after.action is Action.warn:
@@ -771,18 +807,24 @@ class Guard:
             "output": {"error": type(exc).__name__, "message": str(exc)[:1000]},
         }
         if intended.step_type is StepType.step_gate:
-            changes["properties"] = deep_merge(intended.properties,
-                                               {"guard": {"decision": "denied"}})
+            changes["properties"] = deep_merge(
+                intended.properties, {"guard": {"decision": "denied"}}
+            )
         self._record(handle, intended.replace(**changes), decision)
 
     def _warn(self, decision: Decision, behavior: Behavior | None) -> None:
-        what = "agent registration" if behavior is None else (
-            f"step {behavior.step_name or behavior.step_type.value!r}"
+        what = (
+            "agent registration"
+            if behavior is None
+            else (f"step {behavior.step_name or behavior.step_type.value!r}")
         )
         reasons = "; ".join(f"{v.policy_id}: {v.reason}" for v in decision.violations)
         warnings.warn(
-            PolicyWarning(f"The {what} violates a warn policy: {reasons}.",
-                          decision=decision, behavior=behavior),
+            PolicyWarning(
+                f"The {what} violates a warn policy: {reasons}.",
+                decision=decision,
+                behavior=behavior,
+            ),
             stacklevel=4,
         )
 
@@ -816,12 +858,8 @@ class Guard:
         except Exception as exc:  # never lose the trace because a monitor broke
             logger.error("pathguard could not update its monitors: %r", exc, exc_info=exc)
         if handle.chain is not None:
-            record = handle.chain.append(behavior, decision)
-            for sink in self._sinks:
-                try:
-                    sink.write(record)
-                except Exception as exc:
-                    logger.error("a trace sink failed to take a record: %r", exc)
+            # The chain writes to the sinks under its own lock, so lines stay in seq order.
+            handle.chain.append(behavior, decision)
 
     def _close(self, handle: _TaskHandle, final: Behavior, decision: Decision) -> None:
         self._record(handle, final, decision)
@@ -907,8 +945,9 @@ class _TaskScope:
 
     def __enter__(self) -> str:
         task_id, context, properties, meta = self._args
-        self.task_id = self._guard.start_task(task_id, context=context, properties=properties,
-                                              meta=meta)
+        self.task_id = self._guard.start_task(
+            task_id, context=context, properties=properties, meta=meta
+        )
         return self.task_id
 
     def __exit__(

@@ -114,7 +114,7 @@ class Condition:
         return f"{self.operator} {self.operand!r}"
 
 
-def _build(operator: str, operand: Any) -> Predicate:  # noqa: C901 - a flat dispatch table
+def _build(operator: str, operand: Any) -> Predicate:
     if operator == "eq":
         return lambda v: v is not ABSENT and v == operand
     if operator == "ne":
@@ -129,7 +129,7 @@ def _build(operator: str, operand: Any) -> Predicate:  # noqa: C901 - a flat dis
     if operator in ("gt", "gte", "lt", "lte"):
         if isinstance(operand, bool) or not isinstance(operand, int | float | str):
             raise ValueError(f"the {operator!r} operator takes a number or a string.")
-        compare = {
+        compare: Callable[[Any], Any] = {
             "gt": lambda v: v > operand,
             "gte": lambda v: v >= operand,
             "lt": lambda v: v < operand,
@@ -170,7 +170,9 @@ def flatten_paths(conditions: Mapping[str, Any], prefix: str = "") -> dict[str, 
     flat: dict[str, Any] = {}
     for key, value in conditions.items():
         path = f"{prefix}{key}"
-        is_operator = isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in OPERATORS
+        is_operator = (
+            isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in OPERATORS
+        )
         if isinstance(value, Mapping) and value and not is_operator:
             flat.update(flatten_paths(value, f"{path}."))
         else:
@@ -192,7 +194,8 @@ class FieldConditions:
         self._checks: tuple[tuple[Callable[[Any], Any], Condition, str], ...] = tuple(checks)
 
     def __call__(self, subject: Any) -> bool:
-        for get, cond, _ in self._checks:
+        # A plain loop: measurably faster than all() over a generator on this hot path.
+        for get, cond, _ in self._checks:  # noqa: SIM110
             if not cond(get(subject)):
                 return False
         return True

@@ -268,6 +268,13 @@ def _validate_document(
             continue
         pid = raw.get("id") if isinstance(raw.get("id"), str) else None
         label = pid or f"#{index + 1}"
+        # Checked before validation so a duplicate is reported even when either copy has
+        # other problems too.
+        if pid is not None and pid in seen:
+            add(f"duplicate policy id {pid!r} (first used by policy #{seen[pid] + 1}); ids must "
+                "be unique in a document.", (*loc, "id"), pid, "id")
+        elif pid is not None:
+            seen[pid] = index
         try:
             policy = Policy.model_validate(raw)
         except ValidationError as exc:
@@ -280,10 +287,6 @@ def _validate_document(
             ):
                 _check_params(str(raw["rule"]), raw.get("params") or {}, loc, label, add)
             continue
-        if pid in seen:
-            add(f"duplicate policy id {pid!r} (first used by policy #{seen[pid] + 1}); ids must "
-                "be unique in a document.", (*loc, "id"), pid, "id")
-        seen.setdefault(policy.id, index)
         if policy.scope == "agent_registration" and policy.when is not None:
             add("`when` filters steps, but an agent_registration policy has no step; remove "
                 "`when` (use `agents` or `risk_classification` to target).", (*loc, "when"),
@@ -294,8 +297,8 @@ def _validate_document(
             continue
         try:
             policy.build_rule()
-        except (ValueError, TypeError) as exc:
-            add(str(exc), (*loc, "params"), policy.id, "params")
+        except (ValueError, TypeError, KeyError) as exc:
+            add(str(exc).strip('"'), (*loc, "params"), policy.id, "params")
         else:
             policies.append(policy)
 

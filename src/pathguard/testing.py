@@ -41,7 +41,7 @@ def step(
     """A Behavior with test-friendly defaults (completed, task `task-1`, agent `agent`)."""
     return Behavior(
         step_type=StepType.parse(step_type),
-        verb=verb,
+        verb=None if verb is None else Verb.parse(verb),
         status=Status(status),
         step_name=step_name,
         properties=dict(properties or {}),

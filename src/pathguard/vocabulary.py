@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Callable, Mapping
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Final
 
 from pathguard.errors import InvalidBehaviorError
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-class StepType(str, Enum):
+class StepType(StrEnum):
     """What kind of step an agent takes; the value is the dotted name used in policies."""
 
     task_start = "task.start"
@@ -39,9 +39,6 @@ class StepType(str, Enum):
     step_exec = "step.exec"
     step_gate = "step.gate"
     step_unknown = "step.unknown"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def scope(self) -> Scope:
@@ -63,26 +60,20 @@ class StepType(str, Enum):
             ) from None
 
 
-class Scope(str, Enum):
+class Scope(StrEnum):
     """Whether a behaviour marks the task itself or is a step inside it."""
 
     task = "task"
     step = "step"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Verb(str, Enum):
+class Verb(StrEnum):
     """The HTTP-like verb of a step: read (GET), create/send (POST), change, delete."""
 
     GET = "GET"
     POST = "POST"
     PATCH = "PATCH"
     DELETE = "DELETE"
-
-    def __str__(self) -> str:
-        return self.value
 
     @classmethod
     def parse(cls, value: Verb | str) -> Verb:
@@ -97,16 +88,13 @@ class Verb(str, Enum):
             ) from None
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """Where a behaviour is in its life: about to run, done, failed, or refused by policy."""
 
     intended = "intended"
     completed = "completed"
     failed = "failed"
     blocked = "blocked"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _STEP_TYPES_BY_TEXT: Final[dict[str, StepType]] = {
@@ -290,16 +278,13 @@ def field_getter(path: str) -> Callable[[Any], Any]:
     return getter
 
 
-class RiskClass(str, Enum):
+class RiskClass(StrEnum):
     """The risk class an agent declares at registration (EU AI Act tiers)."""
 
     minimal = "minimal"
     limited = "limited"
     high = "high"
     unacceptable = "unacceptable"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -13,7 +13,7 @@ import difflib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Final, Literal, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,6 +29,7 @@ __all__ = [
     "Fail",
     "NoParams",
     "Rule",
+    "canonical_hash",
     "compile_rule",
     "get_rule",
     "is_satisfying",
@@ -203,13 +204,15 @@ def _ensure_builtins() -> None:
     from pathguard.rules import access, content, counting, fields, logic, path  # noqa: F401
 
 
-def compile_rule(name: str, params: Mapping[str, Any] | BaseModel | None, ctx: CompileContext) -> Rule:
+def compile_rule(
+    name: str, params: Mapping[str, Any] | BaseModel | None, ctx: CompileContext
+) -> Rule:
     """Validate params against the rule's model and build the rule (used by policies and
     by combinators for nested `{rule, params}` specs)."""
     cls = get_rule(name)
     if ctx.scope not in cls.scopes:
         raise ValueError(
-            f"the rule {name!r} cannot be used in a {ctx.scope} policy; it works in: "
+            f"the rule {name!r} cannot be used in an {ctx.scope} policy; it works in: "
             f"{', '.join(sorted(cls.scopes))}."
         )
     model = params if isinstance(params, BaseModel) else cls.Params.model_validate(params or {})
@@ -252,7 +255,7 @@ def rule(
                 f"Rule {name!r} is async; rules run inside the engine's hot path and must be "
                 "plain functions."
             )
-        func: Callable[..., Verdict] = target
+        func = cast(Callable[..., Verdict], target)
         doc = summary or (inspect.getdoc(target) or "").split("\n", 1)[0]
 
         class FunctionRule(Rule):
