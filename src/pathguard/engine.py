@@ -61,6 +61,26 @@ class _Compiled:
         return self.risks is None or risk is None or risk in self.risks
 
 
+class _Bucket:
+    """The policies that can target one step type, flattened for the hot loop."""
+
+    __slots__ = ("entries", "ids")
+
+    def __init__(self, compiled: list[_Compiled]) -> None:
+        # (extra matcher or None, bound check, slot, per_agent, compiled policy)
+        self.entries = tuple(
+            (
+                cp.target.matches_without_type if cp.target.needs_more_than_type else None,
+                cp.rule.check,
+                cp.slot,
+                cp.per_agent,
+                cp,
+            )
+            for cp in compiled
+        )
+        self.ids = tuple(cp.id for cp in compiled)
+
+
 class _Plan:
     """The policies and monitors that apply to one agent, indexed by step type."""
 
@@ -69,7 +89,7 @@ class _Plan:
     def __init__(self, compiled: list[_Compiled], registration: list[_Compiled]) -> None:
         before: dict[StepType, list[_Compiled]] = {}
         after: dict[StepType, list[_Compiled]] = {}
-        observers: dict[StepType, list[tuple[int, Rule, bool]]] = {}
+        observers: dict[StepType, list[tuple[int, Any, bool]]] = {}
         for cp in compiled:
             index = after if cp.phase == "after" else before
             for step_type in cp.target.step_types or StepType:
@@ -77,9 +97,11 @@ class _Plan:
             if cp.slot >= 0:
                 watched = cp.rule.watches()
                 for step_type in StepType if watched is None else watched:
-                    observers.setdefault(step_type, []).append((cp.slot, cp.rule, cp.per_agent))
-        self.before = {k: tuple(v) for k, v in before.items()}
-        self.after = {k: tuple(v) for k, v in after.items()}
+                    observers.setdefault(step_type, []).append(
+                        (cp.slot, cp.rule.observe, cp.per_agent)
+                    )
+        self.before = {k: _Bucket(v) for k, v in before.items()}
+        self.after = {k: _Bucket(v) for k, v in after.items()}
         self.observers = {k: tuple(v) for k, v in observers.items()}
         self.registration = tuple(registration)
 
@@ -93,6 +115,9 @@ class _Task:
         self.position = 0
         self.started_at: float | None = None
         self.history: deque[Behavior] = deque(maxlen=history_limit)
+
+    def history_tuple(self) -> tuple[Behavior, ...]:
+        return tuple(self.history)
 
 
 class TaskSnapshot:
@@ -220,39 +245,51 @@ class PolicyEngine:
         """Whether any output-reading policy can target this step (skip the check if not)."""
         return b.step_type in self._plan(b.agent_key).after
 
-    def _evaluate(
-        self, b: Behavior, index: dict[StepType, tuple[_Compiled, ...]]
-    ) -> Decision:
-        candidates = index.get(b.step_type)
-        if not candidates:
+    def _evaluate(self, b: Behavior, index: dict[StepType, _Bucket]) -> Decision:
+        bucket = index.get(b.step_type)
+        if bucket is None:
             return _ALLOW
         task = self._task_for(b)
+        states = task.states
         agent_states = None
         ctx = EvalContext(
             behavior=b,
             position=task.position,
             task_started_at=task.started_at,
             agent=self._agents.get(b.agent_key) if b.agent_key is not None else None,
-            history=lambda: tuple(task.history),
+            history=task.history_tuple,
         )
-        violations: list[Violation] = []
-        evaluated: list[str] = []
-        for cp in candidates:
-            if not cp.target.matches_without_type(b):
+        violations: list[Violation] | None = None
+        skipped: set[int] | None = None
+        # The hot loop: locals only, one bound call per policy, try is free when nothing raises.
+        for i, (match, check, slot, per_agent, cp) in enumerate(bucket.entries):
+            if match is not None and not match(b):
+                if skipped is None:
+                    skipped = set()
+                skipped.add(i)
                 continue
-            evaluated.append(cp.id)
-            if cp.slot < 0:
+            if slot < 0:
                 state = None
-            elif cp.per_agent:
+            elif per_agent:
                 if agent_states is None:
                     agent_states = self._states_of_agent(b.agent_key)
-                state = agent_states[cp.slot]
+                state = agent_states[slot]
             else:
-                state = task.states[cp.slot]
-            fail = self._run(cp, b, state, ctx)
+                state = states[slot]
+            try:
+                fail = check(b, state, ctx)
+            except Exception as exc:  # a broken rule must not let a step through silently
+                fail = self._rule_error(cp, exc)
             if fail is not None:
+                if violations is None:
+                    violations = []
                 violations.append(self._violation(cp, fail))
-        return Decision.from_violations(violations, tuple(evaluated))
+        ids = bucket.ids
+        if skipped is not None:
+            ids = tuple(pid for i, pid in enumerate(ids) if i not in skipped)
+        if violations is None:
+            return Decision(action=Action.allow, evaluated=ids)
+        return Decision.from_violations(violations, ids)
 
     def record(self, behavior: Behavior) -> None:
         """Append a behaviour (any status) to its task's path and update the monitors."""
@@ -263,13 +300,13 @@ class PolicyEngine:
         if observers:
             states = task.states
             agent_states = None
-            for slot, rule, per_agent in observers:
+            for slot, observe, per_agent in observers:
                 if per_agent:
                     if agent_states is None:
                         agent_states = self._states_of_agent(behavior.agent_key)
-                    agent_states[slot] = rule.observe(agent_states[slot], behavior, position)
+                    agent_states[slot] = observe(agent_states[slot], behavior, position)
                 else:
-                    states[slot] = rule.observe(states[slot], behavior, position)
+                    states[slot] = observe(states[slot], behavior, position)
         if behavior.step_type is StepType.task_start and task.started_at is None:
             task.started_at = behavior.timestamp
         task.position = position + 1
@@ -295,16 +332,20 @@ class PolicyEngine:
                 states[cp.slot] = cp.rule.initial_state()
         return states
 
-    @staticmethod
-    def _run(cp: _Compiled, subject: Any, state: Any, ctx: EvalContext | None) -> Fail | None:
+    @classmethod
+    def _run(cls, cp: _Compiled, subject: Any, state: Any, ctx: EvalContext | None) -> Fail | None:
         try:
             return cp.rule.check(subject, state, ctx)
         except Exception as exc:  # a broken rule must not let a step through silently
-            logger.warning("rule %s of policy %s raised %r", cp.rule_name, cp.id, exc)
-            return Fail(
-                f"the rule {cp.rule_name!r} raised {type(exc).__name__}: {exc}",
-                {"error": type(exc).__name__},
-            )
+            return cls._rule_error(cp, exc)
+
+    @staticmethod
+    def _rule_error(cp: _Compiled, exc: Exception) -> Fail:
+        logger.warning("rule %s of policy %s raised %r", cp.rule_name, cp.id, exc)
+        return Fail(
+            f"the rule {cp.rule_name!r} raised {type(exc).__name__}: {exc}",
+            {"error": type(exc).__name__},
+        )
 
     @staticmethod
     def _violation(cp: _Compiled, fail: Fail) -> Violation:

@@ -270,7 +270,7 @@ STEP_TYPES: Final = frozenset(t for t in StepType if t.value.startswith("step.")
 class StepMatcher:
     """A compiled StepFilter: `matcher(behavior) -> bool`, plus the step types it can match."""
 
-    __slots__ = ("_name", "_props", "_verbs", "spec", "step_types")
+    __slots__ = ("_name", "_props", "_verbs", "needs_more_than_type", "spec", "step_types")
 
     def __init__(
         self, spec: StepFilter | None = None, *, default_types: frozenset[StepType] | None = None
@@ -287,6 +287,9 @@ class StepMatcher:
         self._name = compile_globs(globs) if globs else None
         self._props = (
             FieldConditions(spec.properties, prefix="properties.") if spec.properties else None
+        )
+        self.needs_more_than_type = not (
+            self._verbs is None and self._name is None and self._props is None
         )
 
     def __call__(self, b: Behavior) -> bool:
