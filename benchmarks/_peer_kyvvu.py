@@ -48,28 +48,37 @@ _Translate = Callable[[Mapping[str, Any], str | None, str | None], tuple[str, Pa
 _TRANSLATIONS: dict[str, _Translate] = {
     "field_not_empty": lambda a, t, v: ("field_not_empty", {"field": a["field"]}),
     "field_matches_regex": lambda a, t, v: (
-        "field_matches_regex", {"field": a["field"], "pattern": a["pattern"]}
+        "field_matches_regex",
+        {"field": a["field"], "pattern": a["pattern"]},
     ),
     "field_in_list": lambda a, t, v: (
-        "field_in_list", {"field": a["field"], "values": list(a["values"])}
+        "field_in_list",
+        {"field": a["field"], "values": list(a["values"])},
     ),
     "sequence_forbidden": lambda a, t, v: (
-        "sequence_forbidden", {"forbidden_sequence": list(a["sequence"])}
+        "sequence_forbidden",
+        {"forbidden_sequence": list(a["sequence"])},
     ),
     "conditional_successor": lambda a, t, v: (
         "conditional_successor_required",
         {
             "trigger_kinds": [a["trigger"]],
             "trigger_condition": {
-                "field": "properties.target.trust", "op": "equals", "value": a["trust"]
+                "field": "properties.target.trust",
+                "op": "equals",
+                "value": a["trust"],
             },
             "forbidden_kinds": [a["forbidden"]],
         },
     ),
     "not_history_contains": lambda a, t, v: (
         "not",
-        {"condition": {"rule_type": "history_contains",
-                       "params": _history_contains(a["step_type"])}},
+        {
+            "condition": {
+                "rule_type": "history_contains",
+                "params": _history_contains(a["step_type"]),
+            }
+        },
     ),
     "any_of_current_or_history": lambda a, t, v: (
         "any_of",
@@ -86,10 +95,12 @@ _TRANSLATIONS: dict[str, _Translate] = {
         {"start_hour": a["start_hour"], "end_hour": a["end_hour"], "timezone": a["timezone"]},
     ),
     "domain_allowlist": lambda a, t, v: (
-        "domain_allowlist", {"allowed_domains": list(a["domains"]), "target_kinds": [t]}
+        "domain_allowlist",
+        {"allowed_domains": list(a["domains"]), "target_kinds": [t]},
     ),
     "requires_prior": lambda a, t, v: (
-        "step_requires_predecessor", {"required_kind": a["required"], **_targeting(a, t, v)}
+        "step_requires_predecessor",
+        {"required_kind": a["required"], **_targeting(a, t, v)},
     ),
     "requires_gate": lambda a, t, v: (
         "step_requires_gate",
@@ -113,7 +124,8 @@ _TRANSLATIONS: dict[str, _Translate] = {
         },
     ),
     "directly_preceded_by": lambda a, t, v: (
-        "step_directly_preceded_by", {"required_kind": a["required"], **_targeting(a, t, v)}
+        "step_directly_preceded_by",
+        {"required_kind": a["required"], **_targeting(a, t, v)},
     ),
     "requires_prior_without_intervening": lambda a, t, v: (
         "step_preceded_by_without_intervening",
@@ -128,20 +140,24 @@ _TRANSLATIONS: dict[str, _Translate] = {
         {"required_kind": a["required"], **_targeting(a, t, v)},
     ),
     "step_name_allowlist": lambda a, t, v: (
-        "step_name_in_allowlist", {"agent_field": "declared_tools", **_targeting(a, t, v)}
+        "step_name_in_allowlist",
+        {"agent_field": "declared_tools", **_targeting(a, t, v)},
     ),
     "max_steps": lambda a, t, v: (
-        "execution_max_steps", {"kind": a["step_type"], "max_steps": a["max"]}
+        "execution_max_steps",
+        {"kind": a["step_type"], "max_steps": a["max"]},
     ),
     "max_consecutive": lambda a, t, v: (
-        "max_consecutive_same_type", {"kind": a["step_type"], "max_consecutive": a["max"]}
+        "max_consecutive_same_type",
+        {"kind": a["step_type"], "max_consecutive": a["max"]},
     ),
     "budget": lambda a, t, v: (
         "usage_budget",
         {"kind": a["step_type"], "property_path": a["property"], "budget": a["max"]},
     ),
     "path_within_root": lambda a, t, v: (
-        "path_within_root", {"field": "properties.target.path", **_targeting(a, t, v)}
+        "path_within_root",
+        {"field": "properties.target.path", **_targeting(a, t, v)},
     ),
 }
 
@@ -171,14 +187,16 @@ class PeerSide:
             if spec.kind == "path_within_root":
                 # The peer takes the root from the evaluation context, not from params.
                 self.root = spec.args["root"]
-            policies.append({
-                "id": number,  # an integer id lets the peer use its pre-compiled regexes
-                "name": spec.id,
-                "enforcement_point": "step_execution",
-                "rule_type": rule_type,
-                "params": params,
-                "severity": "high",
-            })
+            policies.append(
+                {
+                    "id": number,  # an integer id lets the peer use its pre-compiled regexes
+                    "name": spec.id,
+                    "enforcement_point": "step_execution",
+                    "rule_type": rule_type,
+                    "params": params,
+                    "severity": "high",
+                }
+            )
         self.engine = _peer.PolicyEngine()
         self.engine.load_policies(policies)
         self._contexts.clear()

@@ -41,8 +41,17 @@ from pathguard.vocabulary import AgentRegistration, Behavior, Status
 AGENT = "bench-agent"
 NOW = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)  # noon: inside every working-hours window
 ROOT = "/srv/agent"
-TOOLS = ("chat", "read_ticket", "write_note", "approve", "update_ticket", "reply",
-         "run_report", "get_token", "delete_ticket")
+TOOLS = (
+    "chat",
+    "read_ticket",
+    "write_note",
+    "approve",
+    "update_ticket",
+    "reply",
+    "run_report",
+    "get_token",
+    "delete_ticket",
+)
 POLICY_COUNT = 100
 TIMER_FLOOR_RUNS = 20_000
 
@@ -106,56 +115,99 @@ _BIG = 10**6
 # first, so that the 10-policy scenario (one policy of each of the first ten rows) is varied.
 # To change the mix, edit this table: `_peer_kyvvu.py` translates every kind it names.
 _GROUPS: tuple[tuple[str, str | None, str | None, tuple[Mapping[str, Any], ...]], ...] = (
-    ("domain_allowlist", R, None, (
-        {"domains": ["example.com"]},
-        {"domains": ["example.com", "example.org"]},
-        {"domains": ["api.example.com", "crm.example.com"]},
-        {"domains": ["example.com", "openai.com"]},
-        {"domains": ["example.com", "internal.test"]},
-    )),
-    ("requires_prior", R, "GET", (
-        {"required": M}, {"required": "task.start"}, {"required": M}, {"required": "task.start"},
-    )),
+    (
+        "domain_allowlist",
+        R,
+        None,
+        (
+            {"domains": ["example.com"]},
+            {"domains": ["example.com", "example.org"]},
+            {"domains": ["api.example.com", "crm.example.com"]},
+            {"domains": ["example.com", "openai.com"]},
+            {"domains": ["example.com", "internal.test"]},
+        ),
+    ),
+    (
+        "requires_prior",
+        R,
+        "GET",
+        (
+            {"required": M},
+            {"required": "task.start"},
+            {"required": M},
+            {"required": "task.start"},
+        ),
+    ),
     ("requires_gate", R, "POST", ({}, {"within": 10}, {"within": 100})),
     ("max_steps", M, None, tuple({"step_type": M, "max": _BIG * k} for k in (1, 10, 100))),
-    ("field_matches_regex", None, None, (
-        {"field": "step_name", "pattern": "^[a-z_]+$"},
-        {"field": "step_name", "pattern": "^[a-z]"},
-        {"field": "step_name", "pattern": "[a-z]$"},
-        {"field": "step_name", "pattern": "^[^ ]{1,64}$"},
-        {"field": "step_name", "pattern": _NAMES},
-    )),
-    ("sequence_forbidden", None, None, (
-        {"sequence": [C, X]},
-        {"sequence": ["step.unknown", MSG]},
-        {"sequence": [X, C, MSG]},
-    )),
+    (
+        "field_matches_regex",
+        None,
+        None,
+        (
+            {"field": "step_name", "pattern": "^[a-z_]+$"},
+            {"field": "step_name", "pattern": "^[a-z]"},
+            {"field": "step_name", "pattern": "[a-z]$"},
+            {"field": "step_name", "pattern": "^[^ ]{1,64}$"},
+            {"field": "step_name", "pattern": _NAMES},
+        ),
+    ),
+    (
+        "sequence_forbidden",
+        None,
+        None,
+        (
+            {"sequence": [C, X]},
+            {"sequence": ["step.unknown", MSG]},
+            {"sequence": [X, C, MSG]},
+        ),
+    ),
     ("taint", R, "POST", ({"source": R, "trust": "untrusted"},) * 2),
     ("step_name_allowlist", R, None, ({},) * 2),
     ("not_after", R, None, ({"forbidden": "step.unknown"},) * 2),
-    ("budget", M, None, tuple(
-        {"step_type": M, "property": "usage.cost_usd", "max": m} for m in (1000, 5000, 10000)
-    )),
+    (
+        "budget",
+        M,
+        None,
+        tuple(
+            {"step_type": M, "property": "usage.cost_usd", "max": m} for m in (1000, 5000, 10000)
+        ),
+    ),
     ("max_consecutive", M, None, tuple({"step_type": M, "max": m} for m in (20, 50, 100))),
     ("directly_preceded_by", R, "DELETE", ({"required": G},) * 2),
     ("requires_prior_without_intervening", R, "DELETE", ({"required": G, "forbidden": M},) * 2),
     ("requires_dedicated_prior", R, "DELETE", ({"required": G},)),
-    ("conditional_successor", None, None, (
-        {"trigger": R, "trust": "untrusted", "forbidden": X},
-        {"trigger": R, "trust": "untrusted", "forbidden": C},
-    )),
+    (
+        "conditional_successor",
+        None,
+        None,
+        (
+            {"trigger": R, "trust": "untrusted", "forbidden": X},
+            {"trigger": R, "trust": "untrusted", "forbidden": C},
+        ),
+    ),
     ("not_history_contains", None, None, ({"step_type": "step.unknown"}, {"step_type": X})),
     ("any_of_current_or_history", None, None, ({"current": M, "history": "task.start"},)),
     ("history_contains", None, None, ({"step_type": "task.start"},) * 2),
-    ("working_hours", None, None, (
-        {"start_hour": 6, "end_hour": 22, "timezone": "UTC"},
-        {"start_hour": 22, "end_hour": 20, "timezone": "Europe/Amsterdam"},
-    )),
+    (
+        "working_hours",
+        None,
+        None,
+        (
+            {"start_hour": 6, "end_hour": 22, "timezone": "UTC"},
+            {"start_hour": 22, "end_hour": 20, "timezone": "Europe/Amsterdam"},
+        ),
+    ),
     ("field_not_empty", None, None, ({"field": "step_name"}, {"field": "input.text"})),
-    ("field_in_list", None, None, (
-        {"field": "step_name", "values": list(TOOLS)},
-        {"field": "step_name", "values": [*TOOLS, "search", "summarise"]},
-    )),
+    (
+        "field_in_list",
+        None,
+        None,
+        (
+            {"field": "step_name", "values": list(TOOLS)},
+            {"field": "step_name", "values": [*TOOLS, "search", "summarise"]},
+        ),
+    ),
     ("path_within_root", S, None, ({"root": ROOT},) * 3),
     ("requires_prior", X, None, ({"required": G},) * 3),
     ("taint", X, None, ({"source": C},) * 3),
@@ -184,8 +236,10 @@ _GROUPS: tuple[tuple[str, str | None, str | None, tuple[Mapping[str, Any], ...]]
 
 def all_specs() -> list[Spec]:
     """The full neutral mix, ids numbered per kind, ordered round-robin over the rows."""
-    rows = [[(kind, target, verb, args) for args in variants]
-            for kind, target, verb, variants in _GROUPS]
+    rows = [
+        [(kind, target, verb, args) for args in variants]
+        for kind, target, verb, variants in _GROUPS
+    ]
     specs: list[Spec] = []
     seen: dict[str, int] = {}
     for i in range(max(len(r) for r in rows)):
@@ -207,22 +261,31 @@ def _child(rule: str, params: Mapping[str, Any]) -> dict[str, Any]:
 _OURS: dict[str, Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]] = {
     "field_not_empty": lambda a: ("field_not_empty", {"field": a["field"]}),
     "field_matches_regex": lambda a: (
-        "field_matches_regex", {"field": a["field"], "pattern": a["pattern"]}
+        "field_matches_regex",
+        {"field": a["field"], "pattern": a["pattern"]},
     ),
     "field_in_list": lambda a: ("field_in_list", {"field": a["field"], "values": a["values"]}),
     "sequence_forbidden": lambda a: ("sequence_forbidden", {"sequence": list(a["sequence"])}),
     "conditional_successor": lambda a: (
         "conditional_successor",
-        {"trigger": a["trigger"], "condition": {"properties.target.trust": a["trust"]},
-         "forbidden": a["forbidden"]},
+        {
+            "trigger": a["trigger"],
+            "condition": {"properties.target.trust": a["trust"]},
+            "forbidden": a["forbidden"],
+        },
     ),
     "not_history_contains": lambda a: (
-        "not", {"rule": _child("history_contains", {"step_type": a["step_type"]})}
+        "not",
+        {"rule": _child("history_contains", {"step_type": a["step_type"]})},
     ),
     "any_of_current_or_history": lambda a: (
         "any_of",
-        {"rules": [_child("current_is", {"step_type": a["current"]}),
-                   _child("history_contains", {"step_type": a["history"]})]},
+        {
+            "rules": [
+                _child("current_is", {"step_type": a["current"]}),
+                _child("history_contains", {"step_type": a["history"]}),
+            ]
+        },
     ),
     "history_contains": lambda a: ("history_contains", {"step_type": a["step_type"]}),
     "working_hours": lambda a: ("working_hours", dict(a)),
@@ -235,8 +298,11 @@ _OURS: dict[str, Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]] = {
     "not_after": lambda a: ("not_after", {"step_type": a["forbidden"]}),
     "taint": lambda a: (
         "taint",
-        {"source": {"step_type": a["source"], "properties": {"target.trust": a["trust"]}}
-         if a.get("trust") else a["source"]},
+        {
+            "source": {"step_type": a["source"], "properties": {"target.trust": a["trust"]}}
+            if a.get("trust")
+            else a["source"]
+        },
     ),
     "directly_preceded_by": lambda a: ("directly_preceded_by", {"step_type": a["required"]}),
     "requires_prior_without_intervening": lambda a: (
@@ -244,19 +310,25 @@ _OURS: dict[str, Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]] = {
         {"required": a["required"], "forbidden": a["forbidden"]},
     ),
     "requires_dedicated_prior": lambda a: (
-        "requires_dedicated_prior", {"step_type": a["required"]}
+        "requires_dedicated_prior",
+        {"step_type": a["required"]},
     ),
     "step_name_allowlist": lambda a: ("step_name_allowlist", {}),
-    "max_steps": lambda a: ("max_steps", {"max": a["max"], "filter": {"step_type": a["step_type"]}}),
+    "max_steps": lambda a: (
+        "max_steps",
+        {"max": a["max"], "filter": {"step_type": a["step_type"]}},
+    ),
     "max_consecutive": lambda a: (
-        "max_consecutive", {"max": a["max"], "filter": {"step_type": a["step_type"]}}
+        "max_consecutive",
+        {"max": a["max"], "filter": {"step_type": a["step_type"]}},
     ),
     "budget": lambda a: (
         "budget",
         {"property": a["property"], "max": a["max"], "filter": {"step_type": a["step_type"]}},
     ),
     "path_within_root": lambda a: (
-        "path_within_root", {"root": a["root"], "field": "properties.target.path"}
+        "path_within_root",
+        {"root": a["root"], "field": "properties.target.path"},
     ),
 }
 
@@ -285,10 +357,15 @@ class OursSide:
     def load(self, specs: Sequence[Spec]) -> None:
         policy_set = PolicySet.from_dict(our_document(specs))
         self.engine = PolicyEngine(policy_set, history_limit=self.history_limit)
-        self.engine.register(AgentRegistration(
-            agent_key=AGENT, name="Benchmark agent", purpose="benchmark", tools=TOOLS,
-            risk_classification="limited",
-        ))
+        self.engine.register(
+            AgentRegistration(
+                agent_key=AGENT,
+                name="Benchmark agent",
+                purpose="benchmark",
+                tools=TOOLS,
+                risk_classification="limited",
+            )
+        )
 
     def open_task(self, task_id: str) -> None:
         self.engine.start_task(task_id, agent_key=AGENT)
@@ -304,8 +381,11 @@ class OursSide:
 
     def behavior(self, step: Step, task_id: str, *, completed: bool) -> Behavior:
         properties: dict[str, Any] = {}
-        target = {k: v for k, v in (("domain", step.domain), ("trust", step.trust),
-                                    ("path", step.path)) if v is not None}
+        target = {
+            k: v
+            for k, v in (("domain", step.domain), ("trust", step.trust), ("path", step.path))
+            if v is not None
+        }
         if target:
             properties["target"] = target
         if step.cost is not None:
@@ -364,8 +444,10 @@ def fill_to(specs: Sequence[Spec], count: int) -> list[Spec]:
 # -- timing -----------------------------------------------------------------------------------
 
 Clock = Callable[[], int]
-CLOCKS: tuple[tuple[str, Clock], ...] = (("wall", time.perf_counter_ns),
-                                         ("cpu", time.thread_time_ns))
+CLOCKS: tuple[tuple[str, Clock], ...] = (
+    ("wall", time.perf_counter_ns),
+    ("cpu", time.thread_time_ns),
+)
 
 
 @dataclasses.dataclass
@@ -554,22 +636,33 @@ def measure_guard(specs: Sequence[Spec], cfg: Config) -> tuple[dict[str, Stats],
     out: dict[str, Stats] = {}
     for label, sinks in (("no trace sink", []), ("MemorySink (hash-chained trace)", [1])):
         try:
-            guard = Guard(agent_key=AGENT, policies=our_document(specs), clock=NOW.timestamp,
-                          sinks=[MemorySink() for _ in sinks])
-            guard.register_agent(name="Benchmark agent", purpose="benchmark", tools=TOOLS,
-                                 risk_classification="limited")
-            governed_chat = guard.step(StepType.step_model, Verb.POST,
-                                       properties={"usage": {"cost_usd": 0.0004}})(chat)
+            guard = Guard(
+                agent_key=AGENT,
+                policies=our_document(specs),
+                clock=NOW.timestamp,
+                sinks=[MemorySink() for _ in sinks],
+            )
+            guard.register_agent(
+                name="Benchmark agent",
+                purpose="benchmark",
+                tools=TOOLS,
+                risk_classification="limited",
+            )
+            governed_chat = guard.step(
+                StepType.step_model, Verb.POST, properties={"usage": {"cost_usd": 0.0004}}
+            )(chat)
             governed_gate = guard.step(StepType.step_gate)(approve)
-            probe_ns = _time_guard(guard, governed_chat, governed_gate, 20, 20,
-                                   time.perf_counter_ns)
+            probe_ns = _time_guard(
+                guard, governed_chat, governed_gate, 20, 20, time.perf_counter_ns
+            )
         except Exception as exc:  # a benchmark row, not library code: say what went wrong
             return out, f"not measured: {type(exc).__name__}: {exc}"
         n = iterations(summary(probe_ns)[0] * 1000, cfg)
         stats = {}
         for name, clock in CLOCKS:
-            p50, p99 = summary(_time_guard(guard, governed_chat, governed_gate, n,
-                                           cfg.guard_calls_per_task, clock))
+            p50, p99 = summary(
+                _time_guard(guard, governed_chat, governed_gate, n, cfg.guard_calls_per_task, clock)
+            )
             stats[name] = (p50 - plain[name][0], p99 - plain[name][1])
         out[label] = Stats(n, stats["wall"], stats["cpu"])
     return out, ""
@@ -590,8 +683,12 @@ def _time_plain(fn: Callable[[str], Any], n: int, clock: Clock) -> list[int]:
 
 
 def _time_guard(
-    guard: Any, chat: Callable[[str], Any], gate: Callable[[str], Any], n: int,
-    per_task: int, clock: Clock,
+    guard: Any,
+    chat: Callable[[str], Any],
+    gate: Callable[[str], Any],
+    n: int,
+    per_task: int,
+    clock: Clock,
 ) -> list[int]:
     """Time `chat` calls inside tasks of `per_task` calls, with an (untimed) approval gate
     before each one: a realistic path, and one no policy of the mix refuses."""
@@ -667,8 +764,10 @@ def kib(value: int | None) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> str:
     if markdown:
-        lines = ["| " + " | ".join(headers) + " |",
-                 "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|"]
+        lines = [
+            "| " + " | ".join(headers) + " |",
+            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -690,8 +789,11 @@ def ratio(peer_value: float | None, ours: float | None) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and iteration counts (a smoke test, not figures)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and iteration counts (a smoke test, not figures)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--no-peer", action="store_true", help="measure pathguard only")
     args = parser.parse_args(argv)
@@ -723,9 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{side.label}: {label}: evaluate")
             results[(label, "evaluate", key)] = measure_evaluate(side, history, cfg)
             log(f"{side.label}: {label}: evaluate + record")
-            results[(label, "evaluate + record", key)] = measure_evaluate_record(
-                side, history, cfg
-            )
+            results[(label, "evaluate + record", key)] = measure_evaluate_record(side, history, cfg)
         if use_peer:
             disagreements += check_agreement(sides, policy_specs, history, label)
 
@@ -735,16 +835,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory: dict[tuple[str, int], int] = {}
     for steps in cfg.memory_steps:
         log(f"memory after {steps:,} steps")
-        memory[("ours", steps)] = memory_per_task(OursSide(history_limit=100), full, steps,
-                                                  cfg.memory_tasks)
+        memory[("ours", steps)] = memory_per_task(
+            OursSide(history_limit=100), full, steps, cfg.memory_tasks
+        )
         if use_peer:
             memory[("peer", steps)] = memory_per_task(
-                peer.PeerSide(agent_key=AGENT, tools=TOOLS, now=NOW), full, steps,
+                peer.PeerSide(agent_key=AGENT, tools=TOOLS, now=NOW),
+                full,
+                steps,
                 cfg.peer_memory_tasks,
             )
 
-    print(report(cfg, md, scenarios, results, guard_stats, guard_note, memory, use_peer, full,
-                 missing, disagreements))
+    print(
+        report(
+            cfg,
+            md,
+            scenarios,
+            results,
+            guard_stats,
+            guard_note,
+            memory,
+            use_peer,
+            full,
+            missing,
+            disagreements,
+        )
+    )
     return 0
 
 
@@ -761,8 +877,10 @@ def check_agreement(
     out = []
     for step, ours, theirs in zip(ROTATION, verdicts["ours"], verdicts["peer"], strict=True):
         if ours != theirs:
-            out.append(f"{label}, {step.step_type} {step.verb} {step.name}: only pathguard "
-                       f"{sorted(ours - theirs)}, only the peer {sorted(theirs - ours)}")
+            out.append(
+                f"{label}, {step.step_type} {step.verb} {step.name}: only pathguard "
+                f"{sorted(ours - theirs)}, only the peer {sorted(theirs - ours)}"
+            )
     return out
 
 
@@ -781,9 +899,14 @@ def report(
 ) -> str:
     out: list[str] = []
     cpus = os.cpu_count()
-    peer_text = f"kyvvu-engine {peer.VERSION}" if use_peer else (
-        "not measured (kyvvu-engine is not installed; `pip install kyvvu-engine` to compare)"
-        if not peer.AVAILABLE else "not measured (--no-peer)"
+    peer_text = (
+        f"kyvvu-engine {peer.VERSION}"
+        if use_peer
+        else (
+            "not measured (kyvvu-engine is not installed; `pip install kyvvu-engine` to compare)"
+            if not peer.AVAILABLE
+            else "not measured (--no-peer)"
+        )
     )
     out.append(heading("pathguard engine benchmark", md))
     facts = [
@@ -806,32 +929,73 @@ def report(
     out.append("\n".join(f"- {f}" if md else f"  {f}" for f in facts))
 
     out.append(heading("Latency (µs per call; × = peer time / pathguard time, wall)", md))
-    headers = ["scenario", "call", "n ours/peer", "policies evaluated ours/peer",
-               "ours p50", "ours p99", "ours CPU p50", "ours CPU p99",
-               "peer p50", "peer p99", "peer CPU p50", "peer CPU p99", "× p50", "× p99"]
+    headers = [
+        "scenario",
+        "call",
+        "n ours/peer",
+        "policies evaluated ours/peer",
+        "ours p50",
+        "ours p99",
+        "ours CPU p50",
+        "ours CPU p99",
+        "peer p50",
+        "peer p99",
+        "peer CPU p50",
+        "peer CPU p99",
+        "× p50",
+        "× p99",
+    ]
     rows = []
     for label, _, _ in scenarios:
         for call in ("evaluate", "evaluate + record"):
             o = results[(label, call, "ours")]
             p = results.get((label, call, "peer"))
-            evaluated = "" if o.evaluated is None else (
-                f"{o.evaluated:.1f} / {p.evaluated:.0f}" if p and p.evaluated is not None
-                else f"{o.evaluated:.1f}"
+            evaluated = (
+                ""
+                if o.evaluated is None
+                else (
+                    f"{o.evaluated:.1f} / {p.evaluated:.0f}"
+                    if p and p.evaluated is not None
+                    else f"{o.evaluated:.1f}"
+                )
             )
-            rows.append([
-                label, call, f"{o.n:,} / {p.n:,}" if p else f"{o.n:,}", evaluated,
-                us(o.wall[0]), us(o.wall[1]), us(o.cpu[0]), us(o.cpu[1]),
-                us(p.wall[0] if p else None), us(p.wall[1] if p else None),
-                us(p.cpu[0] if p else None), us(p.cpu[1] if p else None),
-                times(ratio(p.wall[0], o.wall[0]) if p else None),
-                times(ratio(p.wall[1], o.wall[1]) if p else None),
-            ])
+            rows.append(
+                [
+                    label,
+                    call,
+                    f"{o.n:,} / {p.n:,}" if p else f"{o.n:,}",
+                    evaluated,
+                    us(o.wall[0]),
+                    us(o.wall[1]),
+                    us(o.cpu[0]),
+                    us(o.cpu[1]),
+                    us(p.wall[0] if p else None),
+                    us(p.wall[1] if p else None),
+                    us(p.cpu[0] if p else None),
+                    us(p.cpu[1] if p else None),
+                    times(ratio(p.wall[0], o.wall[0]) if p else None),
+                    times(ratio(p.wall[1], o.wall[1]) if p else None),
+                ]
+            )
     for label, stats in guard_stats.items():
-        rows.append([
-            "100 policies, @guard.step overhead", label, f"{stats.n:,}", "",
-            us(stats.wall[0]), us(stats.wall[1]), us(stats.cpu[0]), us(stats.cpu[1]),
-            "—", "—", "—", "—", "—", "—",
-        ])
+        rows.append(
+            [
+                "100 policies, @guard.step overhead",
+                label,
+                f"{stats.n:,}",
+                "",
+                us(stats.wall[0]),
+                us(stats.wall[1]),
+                us(stats.cpu[0]),
+                us(stats.cpu[1]),
+                "—",
+                "—",
+                "—",
+                "—",
+                "—",
+                "—",
+            ]
+        )
     out.append(table(headers, rows, md))
     notes = [
         "policies evaluated = policies whose target matched the step (mean over the rotation); "
@@ -844,17 +1008,29 @@ def report(
         notes.append(f"@guard.step: {guard_note}")
     out.append("\n".join(f"- {n}" if md else f"  {n}" for n in notes))
 
-    out.append(heading("Engine memory per open task (tracemalloc, pathguard history_limit=100)",
-                       md))
+    out.append(
+        heading("Engine memory per open task (tracemalloc, pathguard history_limit=100)", md)
+    )
     mem_rows = []
     for steps in cfg.memory_steps:
-        mem_rows.append([f"{steps:,} recorded steps", "",
-                         kib(memory.get(("ours", steps))), kib(memory.get(("peer", steps)))])
+        mem_rows.append(
+            [
+                f"{steps:,} recorded steps",
+                "",
+                kib(memory.get(("ours", steps))),
+                kib(memory.get(("peer", steps))),
+            ]
+        )
     out.append(table(["after", "", "pathguard", "peer"], mem_rows, md))
 
     out.append(heading("Targets", md))
-    out.append(table(["target", "", "measured", "status"],
-                     targets(cfg, scenarios, results, guard_stats, memory, use_peer), md))
+    out.append(
+        table(
+            ["target", "", "measured", "status"],
+            targets(cfg, scenarios, results, guard_stats, memory, use_peer),
+            md,
+        )
+    )
 
     out.append(heading("Policy mix", md))
     counts: dict[str, int] = {}
@@ -874,7 +1050,8 @@ def report(
     if use_peer:
         mix.append(
             "decisions agree: both engines find the same policies violated for every rotation "
-            "step of every scenario" if not disagreements
+            "step of every scenario"
+            if not disagreements
             else "decisions differ: " + "; ".join(disagreements)
         )
     out.append("\n".join(f"- {m}" if md else f"  {m}" for m in mix))
@@ -896,15 +1073,25 @@ def targets(
     o50 = results[(short, "evaluate", "ours")]
     o10k = results[(long, "evaluate", "ours")]
     p50 = results.get((short, "evaluate", "peer"))
-    rows = [[
-        "evaluate p99 ≤ 25 µs", short,
-        f"{us(o50.wall[1])} µs wall, {us(o50.cpu[1])} µs CPU", status(o50.wall[1] <= 25),
-    ]]
+    rows = [
+        [
+            "evaluate p99 ≤ 25 µs",
+            short,
+            f"{us(o50.wall[1])} µs wall, {us(o50.cpu[1])} µs CPU",
+            status(o50.wall[1] <= 25),
+        ]
+    ]
     if p50 is not None:
         r50, r99 = ratio(p50.wall[0], o50.wall[0]), ratio(p50.wall[1], o50.wall[1])
         ok = r50 is not None and r99 is not None and min(r50, r99) >= 40
-        rows.append(["≥ 40× faster than the peer (p50 and p99)", short,
-                     f"{times(r50)} at p50, {times(r99)} at p99", status(ok)])
+        rows.append(
+            [
+                "≥ 40× faster than the peer (p50 and p99)",
+                short,
+                f"{times(r50)} at p50, {times(r99)} at p99",
+                status(ok),
+            ]
+        )
     else:
         rows.append(["≥ 40× faster than the peer", short, "—", status(None)])
     growth = o10k.wall[1] / o50.wall[1]
@@ -912,19 +1099,34 @@ def targets(
     p10k = results.get((long, "evaluate", "peer"))
     if p50 is not None and p10k is not None:
         peer_growth = f" (peer: {times(p10k.wall[1] / p50.wall[1])})"
-    rows.append([f"{long.split(', ')[1]}: evaluate p99 within 1.2× of {short.split(', ')[1]}",
-                 "100 policies", f"{growth:.2f}×{peer_growth}", status(growth <= 1.2)])
+    rows.append(
+        [
+            f"{long.split(', ')[1]}: evaluate p99 within 1.2× of {short.split(', ')[1]}",
+            "100 policies",
+            f"{growth:.2f}×{peer_growth}",
+            status(growth <= 1.2),
+        ]
+    )
     guard = guard_stats.get("no trace sink")
-    rows.append(["@guard.step overhead p99 ≤ 50 µs", "100 policies, no trace sink",
-                 f"{us(guard.wall[1])} µs wall, {us(guard.cpu[1])} µs CPU" if guard else "—",
-                 status(None if guard is None else guard.wall[1] <= 50)])
+    rows.append(
+        [
+            "@guard.step overhead p99 ≤ 50 µs",
+            "100 policies, no trace sink",
+            f"{us(guard.wall[1])} µs wall, {us(guard.cpu[1])} µs CPU" if guard else "—",
+            status(None if guard is None else guard.wall[1] <= 50),
+        ]
+    )
     first, *rest = cfg.memory_steps
     base = memory[("ours", first)]
     later = max(memory[("ours", s)] for s in rest)
-    rows.append(["memory per open task bounded by history retention, not step count",
-                 "history_limit=100",
-                 f"{kib(base)} after {first:,} steps, at most {kib(later)} after more",
-                 status(later <= base * 1.1)])
+    rows.append(
+        [
+            "memory per open task bounded by history retention, not step count",
+            "history_limit=100",
+            f"{kib(base)} after {first:,} steps, at most {kib(later)} after more",
+            status(later <= base * 1.1),
+        ]
+    )
     return rows
 
 

@@ -22,8 +22,12 @@ def test_engine_benchmark_quick_run_prints_its_tables() -> None:
     out = done.stdout
     assert "QUICK RUN" in out
     assert "| scenario | call |" in out
-    for scenario in ("0 policies, empty history", "10 policies, empty history",
-                     "100 policies, 10-step history", "100 policies, 40-step history"):
+    for scenario in (
+        "0 policies, empty history",
+        "10 policies, empty history",
+        "100 policies, 10-step history",
+        "100 policies, 40-step history",
+    ):
         assert f"| {scenario} | evaluate |" in out
         assert f"| {scenario} | evaluate + record |" in out
     assert "| 100 policies, @guard.step overhead |" in out

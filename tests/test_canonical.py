@@ -16,11 +16,15 @@ from pathguard import canonical_hash, canonical_json
 SAFE = 2**53 - 1
 
 # Floats spread over every decimal magnitude, not just the ones Hypothesis favours.
-spread_floats = st.tuples(
-    st.floats(min_value=1.0, max_value=10.0, exclude_max=True),
-    st.integers(min_value=-324, max_value=308),
-    st.booleans(),
-).map(lambda t: (-1 if t[2] else 1) * t[0] * 10.0 ** t[1]).filter(math.isfinite)
+spread_floats = (
+    st.tuples(
+        st.floats(min_value=1.0, max_value=10.0, exclude_max=True),
+        st.integers(min_value=-324, max_value=308),
+        st.booleans(),
+    )
+    .map(lambda t: (-1 if t[2] else 1) * t[0] * 10.0 ** t[1])
+    .filter(math.isfinite)
+)
 
 floats = st.floats(allow_nan=False, allow_infinity=False) | spread_floats
 astral = st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF, codec="utf-8")
@@ -31,8 +35,7 @@ text = st.text(alphabet=st.characters(codec="utf-8")) | st.text(
 scalars = st.none() | st.booleans() | st.integers(-SAFE, SAFE) | floats | text
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(text, children, max_size=5),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(text, children, max_size=5),
     max_leaves=25,
 )
 

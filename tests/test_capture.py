@@ -21,7 +21,7 @@ class Color(enum.Enum):
     red = "r"
 
 
-class Mood(str, enum.Enum):
+class Mood(enum.StrEnum):
     calm = "calm"
 
 

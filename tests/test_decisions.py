@@ -31,8 +31,14 @@ def decide(*policies: dict[str, Any]) -> Decision:
 
 
 def violation(effect: str, severity: str = "medium", mode: str = "enforce") -> Violation:
-    return Violation(policy_id=f"{effect}-{severity}-{mode}", rule="r", severity=Severity(severity),
-                     effect=Effect(effect), mode=Mode(mode), reason="because")
+    return Violation(
+        policy_id=f"{effect}-{severity}-{mode}",
+        rule="r",
+        severity=Severity(severity),
+        effect=Effect(effect),
+        mode=Mode(mode),
+        reason="because",
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,8 +58,10 @@ def test_the_strongest_enforced_effect_wins(effects: list[str], action: Action) 
 
 
 def test_shadow_violations_are_reported_but_never_act() -> None:
-    decision = decide({"effect": "block", "mode": "shadow", "severity": "critical"},
-                      {"effect": "warn", "severity": "low"})
+    decision = decide(
+        {"effect": "block", "mode": "shadow", "severity": "critical"},
+        {"effect": "warn", "severity": "low"},
+    )
     assert decision.action is Action.warn
     assert [v.policy_id for v in decision.shadow] == ["p0"]
     assert [v.policy_id for v in decision.violations] == ["p1"]
@@ -62,8 +70,13 @@ def test_shadow_violations_are_reported_but_never_act() -> None:
 
 @pytest.mark.parametrize(
     ("severities", "risk"),
-    [(["low"], 0.25), (["medium"], 0.5), (["high"], 0.75), (["critical"], 1.0),
-     (["low", "high", "medium"], 0.75)],
+    [
+        (["low"], 0.25),
+        (["medium"], 0.5),
+        (["high"], 0.75),
+        (["critical"], 1.0),
+        (["low", "high", "medium"], 0.75),
+    ],
 )
 def test_risk_is_the_highest_enforced_severity_weight(severities: list[str], risk: float) -> None:
     assert decide(*({"severity": s} for s in severities)).risk_score == risk

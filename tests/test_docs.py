@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pathguard import PolicySet, Template
+from pathguard.testing import isolated_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
@@ -30,7 +31,7 @@ def blocks(language: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("where", "code"), blocks("python"), ids=lambda v: v)
 def test_python_examples_run(where: str, code: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with isolated_rules(), contextlib.redirect_stdout(io.StringIO()):
         exec(compile(code, where, "exec"), {"__name__": "__docs__"})
 
 
@@ -60,6 +61,7 @@ def test_readme_quickstart_prints_what_the_readme_says() -> None:
 def test_the_docs_cover_every_rule() -> None:
     from pathguard.rules._base import rule_names
 
-    text = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs/reference/rules").glob("*.md"))
+    pages = (ROOT / "docs/reference/rules").glob("*.md")
+    text = "\n".join(p.read_text(encoding="utf-8") for p in pages)
     missing = [name for name in rule_names() if f"`{name}`" not in text]
     assert not missing, f"rules without a reference section: {missing}"

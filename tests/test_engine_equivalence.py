@@ -21,6 +21,7 @@ from pathguard.vocabulary import AgentRegistration, Behavior, Status, StepType
 from reference import REFERENCE_RULES, naive_decision, naive_targeted
 
 AGENT = "bot"
+AGENTS = [AGENT, "helper"]
 INPUTS: list[Any] = [None, {"q": 1}, {"q": 2}, "hello"]
 INPUT_HASHES = [canonical_hash(v) for v in INPUTS]
 
@@ -178,7 +179,9 @@ def rule_specs(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
             "max": draw(st.integers(1, 4)),
             "window_seconds": draw(st.integers(1, 60)),
             **_counting_filter(draw),
-            **_maybe(draw, "per", st.sampled_from(["task", "agent"])),
+            # A combinator keeps one state for all its children, so the loader refuses
+            # per-agent children there.
+            **_maybe(draw, "per", st.sampled_from(["task", "agent"] if depth == 0 else ["task"])),
             **_attempts(draw),
         }
     elif name == "max_task_duration":
@@ -275,6 +278,7 @@ KINDS: list[tuple[StepType, list[str | None], list[str | None]]] = [
     (StepType.step_credential, ["GET"], ["vault"]),
     (StepType.task_idle, [None], [None]),
     (StepType.task_end, [None], [None]),
+    (StepType.task_start, [None], [None]),  # a second start: the first one counts
 ]
 TRUST: list[str | None] = [None, "untrusted", "trusted"]
 CLASSES: list[Any] = [None, "pii", "public", "secret", ["public", "pii"], []]
@@ -284,11 +288,10 @@ DECISIONS = ["approved", "denied"]
 HASHES: list[str | None] = [*INPUT_HASHES, None, "sha256:0"]
 OUTPUTS: list[Any] = [None, {"status": "error"}, {"status": "ok"}]
 STATUSES = [Status.completed, Status.blocked, Status.failed, Status.intended]
-GAPS = [1, 0, 2, 5, 10, 30]
+GAPS = [1, 0, 2, 5, 10, 30, -3, -20]  # the last two only with backwards clocks
 
-_SEED = st.tuples(
-    st.integers(0, 2),  # task
-    st.integers(0, len(GAPS) - 1),
+_TASK = st.integers(0, 2)
+_SEED_REST = (
     st.integers(0, len(KINDS) - 1),
     st.integers(0, 3),  # verb and name picks (taken modulo the choices)
     st.integers(0, len(TRUST) - 1),
@@ -323,20 +326,22 @@ def _properties(seed: tuple[Any, ...], step_type: StepType) -> dict[str, Any]:
     return props
 
 
-def _build_path(seeds: list[tuple[Any, ...]], tasks: int) -> list[Behavior]:
+def _build_path(seeds: list[tuple[Any, ...]], tasks: int, agents: int) -> list[Behavior]:
     clock = 1000.0
     opened: set[str] = set()
     path: list[Behavior] = []
     for seed in seeds:
         task, gap, kind, pick, *_rest = seed
-        task_id = f"t{task % tasks + 1}"
+        index = task % tasks
+        task_id = f"t{index + 1}"
+        agent_key = AGENTS[index % agents]
         clock += GAPS[gap]
         if task_id not in opened:  # every task opens with task.start
             opened.add(task_id)
             path.append(
                 Behavior(
                     step_type=StepType.task_start,
-                    agent_key=AGENT,
+                    agent_key=agent_key,
                     task_id=task_id,
                     status=Status.completed,
                     timestamp=clock,
@@ -352,7 +357,7 @@ def _build_path(seeds: list[tuple[Any, ...]], tasks: int) -> list[Behavior]:
                 properties=_properties(seed, step_type),
                 input=INPUTS[seed[10]],
                 output=OUTPUTS[seed[11]],
-                agent_key=AGENT,
+                agent_key=agent_key,
                 task_id=task_id,
                 status=seed[12],
                 timestamp=clock,
@@ -361,10 +366,16 @@ def _build_path(seeds: list[tuple[Any, ...]], tasks: int) -> list[Behavior]:
     return path
 
 
-def paths(tasks: int = 1) -> st.SearchStrategy[list[Behavior]]:
-    """30-80 behaviours over `tasks` interleaved tasks of one agent, each opened by
-    `task.start`; timestamps never decrease (whole seconds, so window edges are hit)."""
-    return st.lists(_SEED, min_size=30, max_size=80).map(lambda s: _build_path(s, tasks))
+def paths(
+    tasks: int = 1, agents: int = 1, *, backwards: bool = False
+) -> st.SearchStrategy[list[Behavior]]:
+    """30-80 behaviours over `tasks` interleaved tasks (spread over `agents` agents), each
+    opened by `task.start`. Clocks move in whole seconds so window edges are hit exactly;
+    with `backwards`, a step may carry an earlier timestamp than the one before it (the
+    clocks of concurrent tasks are not ordered)."""
+    gap = st.integers(0, len(GAPS) - 1) if backwards else st.integers(0, len(GAPS) - 3)
+    seed = st.tuples(_TASK, gap, *_SEED_REST)
+    return st.lists(seed, min_size=30, max_size=80).map(lambda s: _build_path(s, tasks, agents))
 
 
 # -- the comparison -----------------------------------------------------------------------
@@ -376,6 +387,19 @@ Outcome = tuple[Any, list[str], list[str], list[str]]
 
 
 @dataclasses.dataclass(frozen=True)
+class Case:
+    """One run: policies, the path recorded in order, the registered agent, the engine option."""
+
+    policy_set: PolicySet
+    path: list[Behavior]
+    registration: AgentRegistration | None
+    history_limit: int
+
+    def but(self, **changes: Any) -> Case:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
 class Mismatch:
     index: int
     intended: Behavior
@@ -384,30 +408,27 @@ class Mismatch:
     explanation: str
 
 
-def _first_mismatch(
-    policy_set: PolicySet, path: list[Behavior], registration: AgentRegistration | None
-) -> Mismatch | None:
+def _first_mismatch(case: Case) -> Mismatch | None:
     """Replay a path through the engine and the reference; the first step they disagree on."""
-    engine = PolicyEngine(policy_set)
+    policy_set, registration = case.policy_set, case.registration
+    engine = PolicyEngine(policy_set, history_limit=case.history_limit)
     if registration is not None:
         engine.register(registration)
     histories: dict[str | None, list[Behavior]] = {}
-    for index, step in enumerate(path):
+    owners: dict[str | None, str | None] = {}
+    for index, step in enumerate(case.path):
         history = histories.setdefault(step.task_id, [])
+        owners.setdefault(step.task_id, step.agent_key)
+        agent = registration if registration and registration.agent_key == step.agent_key else None
         intended = step.replace(status=Status.intended)
         action, enforced, shadow = naive_decision(
             policy_set,
             history,
             intended,
-            agent=registration,
-            agent_histories=list(histories.values()),
+            agent=agent,
+            agent_histories=[h for t, h in histories.items() if owners[t] == step.agent_key],
         )
-        expected = (
-            action,
-            enforced,
-            shadow,
-            naive_targeted(policy_set, intended, agent=registration),
-        )
+        expected = (action, enforced, shadow, naive_targeted(policy_set, intended, agent=agent))
         got: Outcome | str
         try:
             decision = engine.evaluate(intended)
@@ -430,48 +451,45 @@ def _first_mismatch(
     return None
 
 
-def _only(policy_set: PolicySet, keep: list[Any]) -> PolicySet:
-    return PolicySet(name=policy_set.name, policies=tuple(keep))
+def _with_policies(case: Case, keep: list[Any]) -> Case:
+    return case.but(policy_set=PolicySet(name=case.policy_set.name, policies=tuple(keep)))
 
 
-def _minimise(
-    policy_set: PolicySet, path: list[Behavior], registration: AgentRegistration | None
-) -> tuple[PolicySet, list[Behavior], Mismatch]:
-    """A smaller policy set and path that still disagree."""
-    mismatch = _first_mismatch(policy_set, path, registration)
+def _minimise(case: Case) -> tuple[Case, Mismatch]:
+    """A smaller case that still disagrees: fewer policies, fewer and plainer entries."""
+    mismatch = _first_mismatch(case)
     assert mismatch is not None
-    path = path[: mismatch.index + 1]
-    policies = list(policy_set.policies)
+    case = case.but(path=case.path[: mismatch.index + 1])
+    policies = list(case.policy_set.policies)
     for policy in policies:
-        alone = _only(policy_set, [policy])
-        if _first_mismatch(alone, path, registration) is not None:
+        if _first_mismatch(_with_policies(case, [policy])) is not None:
             policies = [policy]
             break
     else:
         for policy in list(policies):
             fewer = [p for p in policies if p is not policy]
-            if fewer and _first_mismatch(_only(policy_set, fewer), path, registration):
+            if fewer and _first_mismatch(_with_policies(case, fewer)) is not None:
                 policies = fewer
-    smaller = _only(policy_set, policies)
+    case = _with_policies(case, policies)
     changed = True
     while changed:
         changed = False
-        for i in reversed(range(len(path))):
-            shorter = path[:i] + path[i + 1 :]
-            if shorter and _first_mismatch(smaller, shorter, registration) is not None:
-                path, changed = shorter, True
-    for i in range(len(path)):
+        for i in reversed(range(len(case.path))):
+            shorter = case.but(path=case.path[:i] + case.path[i + 1 :])
+            if shorter.path and _first_mismatch(shorter) is not None:
+                case, changed = shorter, True
+    for i in range(len(case.path)):
         progress = True
         while progress:
             progress = False
-            for simpler in _simpler(path[i]):
-                candidate = [*path[:i], simpler, *path[i + 1 :]]
-                if _first_mismatch(smaller, candidate, registration) is not None:
-                    path, progress = candidate, True
+            for simpler in _simpler(case.path[i]):
+                candidate = case.but(path=[*case.path[:i], simpler, *case.path[i + 1 :]])
+                if _first_mismatch(candidate) is not None:
+                    case, progress = candidate, True
                     break
-    final = _first_mismatch(smaller, path, registration)
+    final = _first_mismatch(case)
     assert final is not None
-    return smaller, path[: final.index + 1], final
+    return case.but(path=case.path[: final.index + 1]), final
 
 
 def _simpler(b: Behavior) -> list[Behavior]:
@@ -485,7 +503,7 @@ def _simpler(b: Behavior) -> list[Behavior]:
 
 
 def _show(b: Behavior) -> str:
-    parts = [f"{b.task_id} {b.status.value:9} {b.step_type.value}"]
+    parts = [f"{b.agent_key}/{b.task_id} {b.status.value:9} {b.step_type.value}"]
     for name in ("verb", "step_name"):
         if getattr(b, name) is not None:
             parts.append(f"{name}={getattr(b, name)!s}")
@@ -496,17 +514,16 @@ def _show(b: Behavior) -> str:
     return " ".join(parts)
 
 
-def _check_equivalence(
-    policy_set: PolicySet, path: list[Behavior], registration: AgentRegistration | None
-) -> None:
-    if _first_mismatch(policy_set, path, registration) is None:
+def _check_equivalence(case: Case) -> None:
+    if _first_mismatch(case) is None:
         return
-    policies, steps, m = _minimise(policy_set, path, registration)
+    small, m = _minimise(case)
     lines = ["the engine and the reference disagree; minimal reproduction:"]
-    lines.append(f"agent registration: {registration}")
-    for policy in policies.policies:
+    lines.append(f"agent registration: {small.registration}")
+    lines.append(f"history_limit: {small.history_limit}")
+    for policy in small.policy_set.policies:
         lines.append(f"policy {policy.model_dump(mode='json', exclude_defaults=True)}")
-    for i, b in enumerate(steps[:-1]):
+    for i, b in enumerate(small.path[:-1]):
         lines.append(f"  recorded #{i}: {_show(b)}")
     lines.append(f"  evaluated: {_show(m.intended)}")
     lines.append(f"engine    (action, enforced, shadow, evaluated): {m.engine}")
@@ -515,6 +532,9 @@ def _check_equivalence(
     raise AssertionError("\n".join(lines))
 
 
+# The retained history window must never change a decision.
+history_limits = st.sampled_from([1000, 0, 3])
+
 _SETTINGS = settings(
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
@@ -522,20 +542,33 @@ _SETTINGS = settings(
 )
 
 
-@settings(_SETTINGS, max_examples=150)
-@given(policy_set=policy_sets(), path=paths(), registration=registrations)
+@settings(_SETTINGS, max_examples=120)
+@given(policies=policy_sets(), path=paths(), reg=registrations, limit=history_limits)
 def test_engine_decides_like_the_reference_on_one_task(
-    policy_set: PolicySet, path: list[Behavior], registration: AgentRegistration | None
+    policies: PolicySet, path: list[Behavior], reg: AgentRegistration | None, limit: int
 ) -> None:
-    _check_equivalence(policy_set, path, registration)
+    _check_equivalence(Case(policies, path, reg, limit))
 
 
-@settings(_SETTINGS, max_examples=80)
-@given(policy_set=policy_sets(), path=paths(tasks=3), registration=registrations)
-def test_engine_decides_like_the_reference_on_interleaved_tasks(
-    policy_set: PolicySet, path: list[Behavior], registration: AgentRegistration | None
+@settings(_SETTINGS, max_examples=60)
+@given(policies=policy_sets(), path=paths(tasks=3), reg=registrations, limit=history_limits)
+def test_engine_decides_like_the_reference_on_interleaved_tasks_of_one_agent(
+    policies: PolicySet, path: list[Behavior], reg: AgentRegistration | None, limit: int
 ) -> None:
-    _check_equivalence(policy_set, path, registration)
+    _check_equivalence(Case(policies, path, reg, limit))
+
+
+@settings(_SETTINGS, max_examples=60)
+@given(
+    policies=policy_sets(),
+    path=paths(tasks=3, agents=2, backwards=True),
+    reg=registrations,
+    limit=history_limits,
+)
+def test_engine_decides_like_the_reference_across_agents_with_unordered_clocks(
+    policies: PolicySet, path: list[Behavior], reg: AgentRegistration | None, limit: int
+) -> None:
+    _check_equivalence(Case(policies, path, reg, limit))
 
 
 def test_the_reference_covers_every_registered_path_counting_and_logic_rule() -> None:

@@ -415,8 +415,9 @@ def test_nested_and_dotted_property_filters_mean_the_same() -> None:
 
 def test_when_filters_on_type_verb_and_name_glob() -> None:
     engine = PolicyEngine(
-        one_policy(when={"step_type": ["step.resource"], "verb": ["POST", "DELETE"],
-                         "step_name": "db_*"})
+        one_policy(
+            when={"step_type": ["step.resource"], "verb": ["POST", "DELETE"], "step_name": "db_*"}
+        )
     )
 
     def action(verb: Verb, name: str) -> Action:
@@ -432,15 +433,27 @@ def test_operators_work_in_rule_params_too() -> None:
     engine = PolicyEngine(
         one_policy(
             when={"step_type": "step.exec"},
-            params={"step_type": "step.gate",
-                    "properties": {"guard.decision": {"in": ["approved", "waived"]}}},
+            params={
+                "step_type": "step.gate",
+                "properties": {"guard.decision": {"in": ["approved", "waived"]}},
+            },
         )
     )
-    engine.record(step(StepType.step_gate, properties={"guard": {"decision": "denied"}},
-                       status=Status.completed))
+    engine.record(
+        step(
+            StepType.step_gate,
+            properties={"guard": {"decision": "denied"}},
+            status=Status.completed,
+        )
+    )
     assert engine.evaluate(step(StepType.step_exec)).action is Action.block
-    engine.record(step(StepType.step_gate, properties={"guard": {"decision": "waived"}},
-                       status=Status.completed))
+    engine.record(
+        step(
+            StepType.step_gate,
+            properties={"guard": {"decision": "waived"}},
+            status=Status.completed,
+        )
+    )
     assert engine.evaluate(step(StepType.step_exec)).action is Action.allow
 
 

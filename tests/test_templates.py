@@ -83,11 +83,18 @@ def test_the_first_matching_rule_wins() -> None:
 
 def test_names_match_by_regex_and_rules_may_require_a_step_type() -> None:
     tpl = custom(
-        {"match": {"step_name_regex": "^db_(read|query)"},
-         "set": {"step_type": "step.resource", "verb": "GET",
-                 "properties": {"target": {"system": "db"}}}},
-        {"match": {"step_type": "step.resource", "step_name": "*"},
-         "set": {"properties": {"target": {"trust": "internal"}}}},
+        {
+            "match": {"step_name_regex": "^db_(read|query)"},
+            "set": {
+                "step_type": "step.resource",
+                "verb": "GET",
+                "properties": {"target": {"system": "db"}},
+            },
+        },
+        {
+            "match": {"step_type": "step.resource", "step_name": "*"},
+            "set": {"properties": {"target": {"trust": "internal"}}},
+        },
     )
     assert tpl.classify("db_query_users").properties == {"target": {"system": "db"}}
     assert tpl.classify("x_db_read").step_type is None
@@ -98,10 +105,14 @@ def test_names_match_by_regex_and_rules_may_require_a_step_type() -> None:
 
 def test_rules_can_match_on_argument_conditions() -> None:
     tpl = custom(
-        {"match": {"step_name": "http", "arguments": {"method": "DELETE"}},
-         "set": {"step_type": "step.resource", "verb": "DELETE"}},
-        {"match": {"step_name": "http", "arguments": {"options.dry_run": True}},
-         "set": {"step_type": "step.resource", "verb": "GET"}},
+        {
+            "match": {"step_name": "http", "arguments": {"method": "DELETE"}},
+            "set": {"step_type": "step.resource", "verb": "DELETE"},
+        },
+        {
+            "match": {"step_name": "http", "arguments": {"options.dry_run": True}},
+            "set": {"step_type": "step.resource", "verb": "GET"},
+        },
         {"match": {"step_name": "http"}, "set": {"step_type": "step.resource", "verb": "POST"}},
     )
     assert tpl.classify("http", arguments={"method": "DELETE"}).verb is Verb.DELETE
@@ -122,11 +133,17 @@ def test_deep_merge_merges_nested_mappings_and_replaces_the_rest() -> None:
 
 
 def test_load_template_accepts_every_source(tmp_path: Path) -> None:
-    data = {"version": 1, "name": "mine",
-            "rules": [{"match": {"step_name": "x"}, "set": {"step_type": "step.exec"}}]}
+    data = {
+        "version": 1,
+        "name": "mine",
+        "rules": [{"match": {"step_name": "x"}, "set": {"step_type": "step.exec"}}],
+    }
     path = tmp_path / "t.yaml"
-    path.write_text("version: 1\nname: mine\nrules:\n  - match: {step_name: x}\n"
-                    "    set: {step_type: step.exec}\n", encoding="utf-8")
+    path.write_text(
+        "version: 1\nname: mine\nrules:\n  - match: {step_name: x}\n"
+        "    set: {step_type: step.exec}\n",
+        encoding="utf-8",
+    )
     assert load_template(None).name == "default"
     assert load_template(data).classify("x").step_type is StepType.step_exec
     assert load_template(path).classify("x").step_type is StepType.step_exec
@@ -139,18 +156,36 @@ def test_load_template_accepts_every_source(tmp_path: Path) -> None:
     ("data", "message"),
     [
         ({"version": 1, "rules": []}, "name"),
-        ({"version": 1, "name": "t", "rules": [{"match": {"stepname": "x"}, "set": {}}]},
-         "stepname"),
-        ({"version": 1, "name": "t",
-          "rules": [{"match": {"step_name": "x"}, "set": {"step_type": "step.exe"}}]},
-         "Did you mean 'step.exec'"),
-        ({"version": 1, "name": "t",
-          "rules": [{"match": {"step_name_regex": "(?=x)"}, "set": {}}]},
-         "not a valid RE2 regular expression"),
-        ({"version": 1, "name": "t",
-          "rules": [{"match": {"step_name": "x"},
-                     "set": {"step_type": "step.model", "verb": "GET"}}]},
-         "rule #1, sets step.model with verb GET"),
+        (
+            {"version": 1, "name": "t", "rules": [{"match": {"stepname": "x"}, "set": {}}]},
+            "stepname",
+        ),
+        (
+            {
+                "version": 1,
+                "name": "t",
+                "rules": [{"match": {"step_name": "x"}, "set": {"step_type": "step.exe"}}],
+            },
+            "Did you mean 'step.exec'",
+        ),
+        (
+            {
+                "version": 1,
+                "name": "t",
+                "rules": [{"match": {"step_name_regex": "(?=x)"}, "set": {}}],
+            },
+            "not a valid RE2 regular expression",
+        ),
+        (
+            {
+                "version": 1,
+                "name": "t",
+                "rules": [
+                    {"match": {"step_name": "x"}, "set": {"step_type": "step.model", "verb": "GET"}}
+                ],
+            },
+            "rule #1, sets step.model with verb GET",
+        ),
     ],
 )
 def test_a_bad_template_is_a_template_error(data: dict[str, Any], message: str) -> None:
@@ -193,8 +228,7 @@ def test_a_guard_classifies_undeclared_steps_with_its_template() -> None:
         send_email("a@example.com")
         frobnicate()
     by_name = {r.step_name: r for r in records}
-    assert (by_name["send_email"].step_type, by_name["send_email"].verb) == ("step.message",
-                                                                             "POST")
+    assert (by_name["send_email"].step_type, by_name["send_email"].verb) == ("step.message", "POST")
     assert by_name["frobnicate"].step_type == "step.unknown"
     assert by_name["frobnicate"].verb is None
 
@@ -206,11 +240,21 @@ def test_a_guard_uses_a_custom_template_with_argument_conditions() -> None:
             "version": 1,
             "name": "http",
             "rules": [
-                {"match": {"step_name": "http", "arguments": {"method": {"in": ["GET", "HEAD"]}}},
-                 "set": {"step_type": "step.resource", "verb": "GET",
-                         "properties": {"target": {"system": "web"}}}},
-                {"match": {"step_name": "http"},
-                 "set": {"step_type": "step.resource", "verb": "POST"}},
+                {
+                    "match": {
+                        "step_name": "http",
+                        "arguments": {"method": {"in": ["GET", "HEAD"]}},
+                    },
+                    "set": {
+                        "step_type": "step.resource",
+                        "verb": "GET",
+                        "properties": {"target": {"system": "web"}},
+                    },
+                },
+                {
+                    "match": {"step_name": "http"},
+                    "set": {"step_type": "step.resource", "verb": "POST"},
+                },
             ],
         },
     )

@@ -40,9 +40,7 @@ VERBS = ("GET", "POST", "PATCH", "DELETE")
 VALID_PAIRS = [(t, v) for t, (_, verbs) in TABLE.items() for v in verbs] + [
     (t, None) for t, (_, verbs) in TABLE.items() if len(verbs) <= 1
 ]
-INVALID_PAIRS = [
-    (t, v) for t, v in itertools.product(TABLE, VERBS) if v not in TABLE[t][1]
-]
+INVALID_PAIRS = [(t, v) for t, v in itertools.product(TABLE, VERBS) if v not in TABLE[t][1]]
 
 
 def test_step_types_are_exactly_the_table() -> None:
@@ -160,8 +158,19 @@ def test_behavior_is_immutable_and_replace_validates_again() -> None:
 def test_behavior_has_the_spec_fields() -> None:
     names = {f.name for f in dataclasses.fields(Behavior)}
     assert names == {
-        "step_type", "scope", "verb", "step_name", "properties", "input", "output", "meta",
-        "agent_key", "task_id", "seq", "status", "timestamp",
+        "step_type",
+        "scope",
+        "verb",
+        "step_name",
+        "properties",
+        "input",
+        "output",
+        "meta",
+        "agent_key",
+        "task_id",
+        "seq",
+        "status",
+        "timestamp",
     }
 
 
@@ -255,7 +264,10 @@ def test_standard_and_custom_property_groups_pass_through_unchanged() -> None:
 
 def test_agent_registration_reads_fields_and_checks_its_risk_class() -> None:
     reg = AgentRegistration(
-        agent_key="bot", name="Bot", purpose="help", tools=["a", "b"],  # type: ignore[arg-type]
+        agent_key="bot",
+        name="Bot",
+        purpose="help",
+        tools=["a", "b"],  # type: ignore[arg-type]
         risk_classification="high",  # type: ignore[arg-type]
         metadata={"team": {"name": "ops"}},
     )
@@ -265,5 +277,4 @@ def test_agent_registration_reads_fields_and_checks_its_risk_class() -> None:
     assert reg.get("metadata.missing") is ABSENT
     assert reg.to_dict()["risk_classification"] == "high"
     with pytest.raises(InvalidBehaviorError, match="Did you mean 'limited'"):
-        AgentRegistration(agent_key="bot", name="Bot", purpose="help",
-                          risk_classification="limted")  # type: ignore[arg-type]
+        AgentRegistration(agent_key="bot", name="Bot", purpose="help", risk_classification="limted")  # type: ignore[arg-type]

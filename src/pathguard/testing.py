@@ -22,7 +22,7 @@ from pathguard.policies import PolicySet, load_policies
 from pathguard.trace import MemorySink, TraceRecord
 from pathguard.vocabulary import AgentRegistration, Behavior, Status, StepType, Verb
 
-__all__ = ["FakeClock", "ScriptedApprovals", "recording", "replay", "step"]
+__all__ = ["FakeClock", "ScriptedApprovals", "isolated_rules", "recording", "replay", "step"]
 
 
 def step(
@@ -125,3 +125,18 @@ def recording(guard: Guard) -> Iterator[list[TraceRecord]]:
         yield sink.records
     finally:
         guard.remove_sink(sink)
+
+
+@contextmanager
+def isolated_rules() -> Iterator[None]:
+    """Custom rules registered inside the block (with `@pathguard.rule`) are forgotten when
+    it ends, so one test's rules never leak into another's."""
+    from pathguard.rules import _base
+
+    _base.rule_names()  # make sure the built-ins are in the snapshot
+    saved = dict(_base._REGISTRY)
+    try:
+        yield
+    finally:
+        _base._REGISTRY.clear()
+        _base._REGISTRY.update(saved)

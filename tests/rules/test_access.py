@@ -8,11 +8,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pathguard.decisions import Action, Decision
-from pathguard.engine import PolicyEngine
-from pathguard.errors import PolicyLoadError
-from pathguard.policies import PolicySet
-from pathguard.vocabulary import AgentRegistration, Behavior, StepType, Verb
+from pathguard import (
+    Action,
+    AgentRegistration,
+    Behavior,
+    Decision,
+    PolicyEngine,
+    PolicyLoadError,
+    PolicySet,
+    StepType,
+    Verb,
+)
 
 
 def make_engine(rule: str, params: dict[str, Any], **policy: Any) -> PolicyEngine:
@@ -27,7 +33,10 @@ def make_engine(rule: str, params: dict[str, Any], **policy: Any) -> PolicyEngin
 def step(step_name: str | None = "fetch", **fields: Any) -> Behavior:
     fields.setdefault("agent_key", "bot")
     return Behavior(
-        step_type=StepType.step_resource, verb=Verb.GET, step_name=step_name, task_id="t1",
+        step_type=StepType.step_resource,
+        verb=Verb.GET,
+        step_name=step_name,
+        task_id="t1",
         **fields,
     )
 
@@ -105,12 +114,14 @@ def domain(value: Any) -> Behavior:
         "docs.python.org",
         "10.0.0.7",
         "http://10.0.0.7:8080/health",
+        "::1",
+        "[::1]:8080",
+        "https://[::1]/",
     ],
 )
 def test_domain_allowlist_allows_listed_hosts_and_subdomains(value: str) -> None:
-    engine = make_engine(
-        "domain_allowlist", {"domains": ["example.com", "python.org", "10.0.0.7"]}
-    )
+    domains = ["example.com", "python.org", "10.0.0.7", "::1"]
+    engine = make_engine("domain_allowlist", {"domains": domains})
     assert engine.evaluate(domain(value)).action is Action.allow
 
 
@@ -216,6 +227,8 @@ def test_domain_denylist_blocks_what_it_cannot_parse() -> None:
     # `0x7f.1` is 127.0.0.1 to a URL parser: unreadable hosts never slip past a denylist.
     assert not engine.evaluate(domain("http://0x7f.1/admin")).allowed
     assert not engine.evaluate(domain("http://127.0.0.1:8080/")).allowed
+    assert not engine.evaluate(domain("http://[::ffff:127.0.0.1]/")).allowed
+    assert not engine.evaluate(domain("::ffff:7f00:1")).allowed
     assert engine.evaluate(domain("http://127.0.0.2/")).allowed
 
 
@@ -287,9 +300,9 @@ def test_path_within_root_needs_an_absolute_root() -> None:
 
 def test_forbidden_for_classification_blocks_forbidden_classes() -> None:
     engine = make_engine("forbidden_for_classification", {"classes": ["pii", "secret"]})
-    decision = engine.evaluate(step(properties={"data": {"classification": "PII"}}))
+    decision = engine.evaluate(step(properties={"data": {"classification": "pii"}}))
     assert decision.action is Action.block
-    assert reason(decision) == "the step touches data classified 'PII'"
+    assert reason(decision) == "the step touches data classified 'pii'"
     listed = step(properties={"data": {"classification": ["public", "secret"]}})
     assert reason(engine.evaluate(listed)) == "the step touches data classified 'secret'"
 
@@ -298,6 +311,8 @@ def test_forbidden_for_classification_allows_other_and_absent_classes() -> None:
     engine = make_engine("forbidden_for_classification", {"classes": ["pii"]})
     assert engine.evaluate(step(properties={"data": {"classification": "public"}})).allowed
     assert engine.evaluate(step(properties={"data": {"classification": ["internal"]}})).allowed
+    # Classifications are compared exactly, as policy values are everywhere else.
+    assert engine.evaluate(step(properties={"data": {"classification": "PII"}})).allowed
     assert engine.evaluate(step()).allowed
 
 
@@ -361,3 +376,10 @@ def test_working_hours_rejects_an_empty_window_and_bad_hours() -> None:
     assert "params.start_hour" in load_error(
         "working_hours", {"start_hour": 24, "end_hour": 8, "timezone": "UTC"}
     )
+
+
+def test_working_hours_suggests_the_right_case_of_a_zone() -> None:
+    message = load_error(
+        "working_hours", {"start_hour": 9, "end_hour": 17, "timezone": "europe/amsterdam"}
+    )
+    assert "Did you mean 'Europe/Amsterdam'?" in message

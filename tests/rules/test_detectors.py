@@ -136,7 +136,10 @@ SECRETS = [
     ("github_token", f"ghp_{GH_BODY}"),
     ("github_token", "github_pat_11ABCDEFG0123456789abc_" + "x" * 59),
     ("slack_token", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
-    ("slack_token", "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"),
+    (
+        "slack_token",
+        "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+    ),
     ("stripe_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
     ("stripe_key", "rk_live_4eC39HqLyjWDarjtT1zdp7dc"),
     ("anthropic_key", "sk-ant-api03-" + "aB3_dE5-gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG"),
@@ -184,6 +187,11 @@ def test_secret_detectors_ignore_look_alikes(kind: str, text: str) -> None:
     assert not found(kind, text)
 
 
+def test_the_generic_detector_does_not_repeat_a_specific_finding() -> None:
+    assert find("token: sk_live_4eC39HqLyjWDarjtT1zdp7dc", SECRET_KINDS) == ["stripe_key"]
+    assert find("token: Zx81Kq0Pw9abc", SECRET_KINDS) == ["generic_secret"]
+
+
 def test_an_anthropic_key_is_reported_once_under_its_own_kind() -> None:
     key = "sk-ant-api03-aB3_dE5-gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG"
     assert find(key, SECRET_KINDS) == ["anthropic_key"]
@@ -225,7 +233,10 @@ NOT_INJECTIONS = [
     ("role_marker", "the system: linux"),
     ("role_marker", "<|foo|>"),
     ("hidden_instruction", "\ufeffHello"),
-    ("hidden_instruction", "go \U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"),
+    (
+        "hidden_instruction",
+        "go \U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f",
+    ),
     ("hidden_instruction", "<!-- layout: two columns -->"),
     ("hidden_instruction", "family \U0001f468\u200d\U0001f469\u200d\U0001f467"),
     ("hidden_instruction", "if you are a customer, log in"),

@@ -7,11 +7,18 @@ from typing import Any
 
 import pytest
 
-from pathguard.decisions import Action, Decision
-from pathguard.engine import PolicyEngine
-from pathguard.errors import PolicyLoadError
-from pathguard.policies import PolicySet
-from pathguard.vocabulary import AgentRegistration, Behavior, Status, StepType, Verb
+from pathguard import (
+    Action,
+    AgentRegistration,
+    Behavior,
+    Decision,
+    PolicyEngine,
+    PolicyLoadError,
+    PolicySet,
+    Status,
+    StepType,
+    Verb,
+)
 
 
 def make_engine(rule: str, params: dict[str, Any], **policy: Any) -> PolicyEngine:
@@ -133,7 +140,8 @@ def test_field_in_list_keeps_booleans_apart_from_numbers() -> None:
 
 def test_field_in_list_on_registration_limits_environment_and_tools() -> None:
     engine = make_engine(
-        "field_in_list", {"field": "environment", "values": ["staging", "production"]},
+        "field_in_list",
+        {"field": "environment", "values": ["staging", "production"]},
         **REGISTRATION,
     )
     assert engine.evaluate_registration(agent(environment="production")).allowed
@@ -151,7 +159,8 @@ def test_field_in_list_on_registration_limits_environment_and_tools() -> None:
 
 def test_field_in_list_reads_the_risk_class_by_its_name() -> None:
     engine = make_engine(
-        "field_in_list", {"field": "risk_classification", "values": ["minimal", "limited"]},
+        "field_in_list",
+        {"field": "risk_classification", "values": ["minimal", "limited"]},
         **REGISTRATION,
     )
     assert engine.evaluate_registration(agent(risk_classification="limited")).allowed
@@ -167,9 +176,7 @@ def test_field_in_list_needs_at_least_one_value() -> None:
 
 
 def test_field_matches_regex_searches_the_string() -> None:
-    engine = make_engine(
-        "field_matches_regex", {"field": "input.to", "pattern": r"@example\.com$"}
-    )
+    engine = make_engine("field_matches_regex", {"field": "input.to", "pattern": r"@example\.com$"})
     assert engine.evaluate(step(input={"to": "ann@example.com"})).allowed
     decision = engine.evaluate(step(input={"to": "ann@example.com.evil.net"}))
     assert decision.action is Action.block

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 MAX_DEPTH: Final = 32
-"""Containers nested deeper than this are not scanned (the SDK's capture elides them too)."""
+"""Containers nested deeper than this are not scanned."""
 MAX_CANDIDATES: Final = 10_000
 """Per detector and string: how many candidate matches are examined before giving up."""
 
@@ -299,9 +299,11 @@ def _has_classes(value: bytes, needed: int) -> bool:
 
 def _jwt(data: bytes, start: int, end: int) -> int | None:
     header = data[start:end].split(b".", 1)[0]
+    if len(header) > 4096:
+        return None  # real headers are a few dozen bytes
     try:
         decoded = json.loads(base64.urlsafe_b64decode(header + b"=" * (-len(header) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         return None
     return end if isinstance(decoded, dict) and ("alg" in decoded or "typ" in decoded) else None
 
@@ -318,8 +320,19 @@ def _openai(data: bytes, start: int, end: int) -> int | None:
 
 
 _PLACEHOLDERS: Final = (
-    b"****", b"xxxx", b"redacted", b"changeme", b"your_", b"your-", b"example", b"placeholder",
-    b"dummy", b"${", b"{{", b"<", b"%s",
+    b"****",
+    b"xxxx",
+    b"redacted",
+    b"changeme",
+    b"your_",
+    b"your-",
+    b"example",
+    b"placeholder",
+    b"dummy",
+    b"${",
+    b"{{",
+    b"<",
+    b"%s",
 )
 
 
@@ -357,47 +370,35 @@ _GENERIC: Final = (
 _WS: Final = r"(?:\s|\x{00A0}|[\x{2000}-\x{200B}]|\x{202F}|\x{3000})+"
 
 
-def _words(*parts: str) -> str:
-    return _WS.join(parts)
+def _phrase(pattern: str) -> str:
+    """A case-insensitive pattern in which each space stands for any run of whitespace."""
+    return "(?i:" + pattern.replace(" ", _WS) + ")"
 
 
-_OVERRIDE: Final = r"(?i:\b(?:" + "|".join(
-    [
-        _words(
-            r"ignore", r"(?:(?:all|any|the|your|of|my)" + _WS + r")*"
-            r"(?:previous|prior|above|earlier|preceding|foregoing|original)",
-            r"(?:instructions?|prompts?|directions?|directives?|rules|messages?|context"
-            r"|commands?)",
-        ),
-        _words(
-            r"disregard", r"(?:(?:all|any|the|your|of|my)" + _WS + r")*"
-            r"(?:(?:previous|prior|above|earlier|preceding|original)" + _WS + r")?"
-            r"(?:instructions?|system" + _WS + r"prompt|prompts?|rules|guidelines"
-            r"|directions?|directives?)",
-        ),
-        _words(
-            r"forget", r"(?:(?:all|everything|the|your|of)" + _WS + r")*"
-            r"(?:(?:previous|prior|above|earlier)" + _WS + r")?"
-            r"(?:instructions?|rules|guidelines|you" + _WS + r"(?:were|have" + _WS
-            + r"been)" + _WS + r"told)",
-        ),
-        _words(
-            r"(?:override|bypass)", r"(?:(?:all|any|the|your)" + _WS + r")*"
-            r"(?:system" + _WS + r"prompt|instructions?|safety" + _WS
-            + r"(?:rules|guidelines|filters)|guardrails?|restrictions)",
-        ),
-        _words(
-            r"you", r"are", r"now",
-            r"(?:a|an|the|my|in|no" + _WS + r"longer|DAN|free|unrestricted|jailbroken)\b",
-        ),
-        r"new" + _WS + r"(?:system" + _WS + r")?instructions?[ \t]*:",
-        _words(
-            r"(?:reveal|print|output|repeat|show)", r"(?:me" + _WS + r")?(?:your|the)",
-            r"(?:system" + _WS + r"prompt|(?:initial|original|hidden)" + _WS
-            + r"(?:instructions?|prompt))",
-        ),
-    ]
-) + "))"
+_OVERRIDE: Final = (
+    r"\b(?:"
+    + "|".join(
+        _phrase(p)
+        for p in (
+            r"ignore (?:(?:all|any|the|your|of|my) )*"
+            r"(?:previous|prior|above|earlier|preceding|foregoing|original) "
+            r"(?:instructions?|prompts?|directions?|directives?|rules|messages?|context|commands?)",
+            r"disregard (?:(?:all|any|the|your|of|my) )*"
+            r"(?:(?:previous|prior|above|earlier|preceding|original) )?"
+            r"(?:instructions?|system prompt|prompts?|rules|guidelines|directions?|directives?)",
+            r"forget (?:(?:all|everything|the|your|of) )*(?:(?:previous|prior|above|earlier) )?"
+            r"(?:instructions?|rules|guidelines|you (?:were|have been) told)",
+            r"(?:override|bypass) (?:(?:all|any|the|your) )*"
+            r"(?:system prompt|instructions?|safety (?:rules|guidelines|filters)|guardrails?"
+            r"|restrictions)",
+            r"you are now (?:a|an|the|my|in|no longer|DAN|free|unrestricted|jailbroken)\b",
+            r"new (?:system )?instructions?\s*:",
+            r"(?:reveal|print|output|repeat|show) (?:me )?(?:your|the) "
+            r"(?:system prompt|(?:initial|original|hidden) (?:instructions?|prompt))",
+        )
+    )
+    + ")"
+)
 
 _ROLE: Final = (
     r"<\|(?:im_start|im_end|system|user|assistant|endoftext|begin_of_text|end_of_text"
@@ -407,23 +408,28 @@ _ROLE: Final = (
     r"|(?i:</?system>)"
 )
 
-_HIDDEN: Final = (
-    r"[\x{200B}\x{2060}-\x{2064}\x{FEFF}\x{202A}-\x{202E}\x{2066}-\x{2069}]"
-    r"|[\x{E0000}-\x{E007F}]+"
-    r"|(?is:<!--(?:[^-]|-[^-])*?(?:ignore|disregard|instructions?|system"
-    + _WS + r"prompt|you" + _WS + r"are" + _WS + r"now))"
-    r"|(?i:\b(?:note|message|instructions?|attention)" + _WS + r"(?:to|for)" + _WS
-    + r"(?:the" + _WS + r")?(?:ai|assistant|llm|language" + _WS + r"model|agent|chatbot"
-    r"|model)s?[ \t]*[:,])"
-    r"|(?i:\bif" + _WS + r"you" + _WS + r"are" + _WS + r"(?:an?" + _WS + r")?(?:ai|llm"
-    r"|(?:large" + _WS + r")?language" + _WS + r"model|ai" + _WS + r"(?:assistant|agent)"
-    r"|chatbot)\b)"
+_HIDDEN: Final = "|".join(
+    (
+        r"[\x{200B}\x{2060}-\x{2064}\x{FEFF}\x{202A}-\x{202E}\x{2066}-\x{2069}]",
+        r"[\x{E0000}-\x{E007F}]+",
+        "(?s:"
+        + _phrase(
+            r"<!--(?:[^-]|-[^-])*?(?:ignore|disregard|instructions?|system prompt|you are now)"
+        )
+        + ")",
+        _phrase(
+            r"\b(?:note|message|instructions?|attention) (?:to|for) (?:the )?"
+            r"(?:ai|assistant|llm|language model|agent|chatbot|model)s?[\t\x20]*[:,]"
+        ),
+        _phrase(
+            r"\bif you are (?:an? )?"
+            r"(?:ai|llm|(?:large )?language model|ai (?:assistant|agent)|chatbot)\b"
+        ),
+    )
 )
 
 _BOM: Final = "\ufeff".encode()
 _BLACK_FLAG: Final = "\U0001f3f4".encode()
-
-
 _TAG: Final = b"\xf3\xa0"  # the first two UTF-8 bytes of every tag character
 _CANCEL_TAG: Final = "\U000e007f".encode()
 
@@ -460,18 +466,18 @@ _ALL: Final = (
     Detector("ipv4", "pii", _IPV4, _ipv4, retry_inside=True),
     Detector("aws_access_key", "secret", r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b"),
     Detector("gcp_api_key", "secret", r"\bAIza[0-9A-Za-z_\-]{35}"),
-    Detector(
-        "private_key", "secret", r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----"
-    ),
+    Detector("private_key", "secret", r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----"),
     Detector(
         "jwt", "secret", r"\beyJ[A-Za-z0-9_\-]{2,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*", _jwt
     ),
     Detector(
-        "github_token", "secret",
+        "github_token",
+        "secret",
         r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b",
     ),
     Detector(
-        "slack_token", "secret",
+        "slack_token",
+        "secret",
         r"\bxox[abposer]-[A-Za-z0-9\-]{10,}|\bxapp-\d-[A-Za-z0-9\-]{10,}"
         r"|https://hooks\.slack\.com/services/[A-Za-z0-9_/]{20,}",
     ),
@@ -526,9 +532,7 @@ class Scanner:
         # all of them: one pass clears a clean payload.
         options = re2.Options()
         options.max_mem = 64 << 20  # room for the DFA of the combined pattern
-        self.prefilter = re2.compile(
-            "|".join(f"(?:{d.pattern})" for d in self.detectors), options
-        )
+        self.prefilter = re2.compile("|".join(f"(?:{d.pattern})" for d in self.detectors), options)
 
     def scan_text(self, text: str, limit: int = 1_000) -> list[tuple[str, str]]:
         """(kind, matched text) pairs in one string, in detector order. For tests and tools."""

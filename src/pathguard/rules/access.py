@@ -9,6 +9,7 @@ allowlist that guesses would be an allowlist an attacker could steer.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import zoneinfo
 from collections.abc import Callable
@@ -109,10 +110,14 @@ def normalise_host(host: str) -> str | None:
         host = host[:-1]
     if not host:
         return None
-    try:
-        return ipaddress.ip_address(host.strip("[]")).compressed
-    except ValueError:
-        pass
+    if ":" in host or host[-1].isdigit():
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            pass
+        else:  # `::ffff:127.0.0.1` reaches the same machine as `127.0.0.1`
+            mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+            return (mapped or ip).compressed
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
@@ -133,14 +138,25 @@ def parse_host(value: Any) -> str | None:
     """The normalised host of a bare host, `host:port` or URL; None when it cannot be read."""
     if not isinstance(value, str):
         return None
+    return _parse_text(value)
+
+
+_PLAIN_HOST: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(value: str) -> str | None:
+    # Cached: agents reach the same few hosts again and again.
     text = value.strip()
+    if text and all(c in _PLAIN_HOST for c in text):
+        return normalise_host(text)  # the common case: already a bare, lower-case host
     if not text or any(c in _UNSAFE_CHARS for c in text) or not text.isprintable():
         return None
     if "://" not in text:
-        try:  # a bare IPv6 address has colons that would read as a port
-            return ipaddress.ip_address(text).compressed
-        except ValueError:
-            text = "//" + text
+        if text.count(":") > 1 and not text.startswith("["):
+            # A bare IPv6 address: its colons would otherwise read as a port.
+            return normalise_host(text)
+        text = "//" + text
     try:
         parts = urlsplit(text)
         host = parts.hostname
@@ -230,15 +246,20 @@ class DomainAllowlist(_DomainRule):
     def check(self, subject: Behavior, state: Any, ctx: EvalContext | None) -> Fail | None:
         value = self.get(subject)
         if value is ABSENT or value is None:
-            return Fail(f"{self.field} is absent, so the host cannot be checked",
-                        {"field": self.field})
+            return Fail(
+                f"{self.field} is absent, so the host cannot be checked", {"field": self.field}
+            )
         host = parse_host(value)
         if host is None:
-            return Fail(f"{self.field} is not a host that can be read: {show_value(value)}",
-                        {"field": self.field})
+            return Fail(
+                f"{self.field} is not a host that can be read: {show_value(value)}",
+                {"field": self.field},
+            )
         if self.hosts.match(host) is None:
-            return Fail(f"the host {host!r} is not in the allowed domains",
-                        {"field": self.field, "host": host})
+            return Fail(
+                f"the host {host!r} is not in the allowed domains",
+                {"field": self.field, "host": host},
+            )
         return None
 
 
@@ -256,12 +277,16 @@ class DomainDenylist(_DomainRule):
             return None
         host = parse_host(value)
         if host is None:
-            return Fail(f"{self.field} is not a host that can be read: {show_value(value)}",
-                        {"field": self.field})
+            return Fail(
+                f"{self.field} is not a host that can be read: {show_value(value)}",
+                {"field": self.field},
+            )
         denied = self.hosts.match(host)
         if denied is not None:
-            return Fail(f"the host {host!r} is in the denied domain {denied!r}",
-                        {"field": self.field, "host": host, "denied": denied})
+            return Fail(
+                f"the host {host!r} is in the denied domain {denied!r}",
+                {"field": self.field, "host": host, "denied": denied},
+            )
         return None
 
 
@@ -340,15 +365,20 @@ class PathWithinRoot(Rule):
     def check(self, subject: Behavior, state: Any, ctx: EvalContext | None) -> Fail | None:
         value = self.get(subject)
         if value is ABSENT or value is None:
-            return Fail(f"{self.field} is absent, so the path cannot be checked",
-                        {"field": self.field})
+            return Fail(
+                f"{self.field} is absent, so the path cannot be checked", {"field": self.field}
+            )
         resolved = self.resolve(value) if isinstance(value, str) else None
         if resolved is None:
-            return Fail(f"{self.field} is not a path that can be read: {show_value(value)}",
-                        {"field": self.field})
+            return Fail(
+                f"{self.field} is not a path that can be read: {show_value(value)}",
+                {"field": self.field},
+            )
         if resolved != self.root and not resolved.startswith(self.prefix):
-            return Fail(f"the path {show_value(resolved, 60)} is outside {self.root!r}",
-                        {"field": self.field, "resolved": resolved, "root": self.root})
+            return Fail(
+                f"the path {show_value(resolved, 60)} is outside {self.root!r}",
+                {"field": self.field, "resolved": resolved, "root": self.root},
+            )
         return None
 
 
@@ -382,16 +412,18 @@ class ForbiddenForClassification(Rule):
 
     def __init__(self, params: ForbiddenForClassificationParams, ctx: CompileContext) -> None:
         super().__init__(params, ctx)
-        self.classes = frozenset(c.casefold() for c in params.classes)
+        self.classes = frozenset(params.classes)
         self.field = params.field
         self.get: Callable[[Any], Any] = field_getter(params.field)
 
     def check(self, subject: Behavior, state: Any, ctx: EvalContext | None) -> Fail | None:
         value = self.get(subject)
-        values = value if isinstance(value, list | tuple) else (value,)
-        found = sorted(
-            {v for v in values if isinstance(v, str) and v.casefold() in self.classes}
-        )
+        if isinstance(value, str):
+            found = [value] if value in self.classes else []
+        elif isinstance(value, list | tuple):
+            found = sorted({v for v in value if isinstance(v, str) and v in self.classes})
+        else:
+            return None
         if found:
             return Fail(
                 f"the step touches data classified {', '.join(map(repr, found))}",
@@ -410,9 +442,10 @@ def _zone(name: str) -> zoneinfo.ZoneInfo:
         pass
     known = zoneinfo.available_timezones()
     by_case = {z.casefold(): z for z in known}
-    close = [by_case[name.casefold()]] if name.casefold() in by_case else (
-        difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-    )
+    if name.casefold() in by_case:  # `europe/amsterdam` on a case-sensitive file system
+        close = [by_case[name.casefold()]]
+    else:
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     missing = "" if known else " (no time zone data was found: install the tzdata package)"
     raise ValueError(
@@ -472,4 +505,3 @@ class WorkingHours(Rule):
                 {"local_time": local.isoformat(timespec="minutes"), "window": self.window},
             )
         return None
-

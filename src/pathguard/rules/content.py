@@ -102,12 +102,14 @@ class InjectionParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fields: list[str] = Field(
-        default=["input"], min_length=1,
+        default=["input"],
+        min_length=1,
         description="dot paths to scan: where text from outside entered the task",
     )
     kinds: list[str] | None = Field(
         default=None,
-        description="which marker families to look for: " + ", ".join(INJECTION_KINDS)
+        description="which marker families to look for: "
+        + ", ".join(INJECTION_KINDS)
         + " (default: all)",
     )
 
