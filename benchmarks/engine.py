@@ -1,18 +1,18 @@
 """Benchmark the pathguard engine, side by side with the peer `kyvvu-engine`.
 
-Prints p50 and p99 (wall and CPU time) of `evaluate` and of `evaluate` + `record` for a set
-of scenarios (0, 10 and 100 policies; empty, 50, 1,000 and 10,000-step histories), the
-overhead of a `@guard.step` call, engine memory per open task, the peer's figures and the
-ratios, and whether each performance target is met.
+Prints p50 and p99 (wall and CPU time) of `evaluate` and of `evaluate` + `record` for 0, 10
+and 100 policies over empty, 50, 1,000 and 10,000-step histories, the overhead of a
+`@guard.step` call, engine memory per open task, the peer's figures and the ratios, and
+whether each performance target is met.
 
     .venv/bin/python benchmarks/engine.py             # full run, plain-text tables
     .venv/bin/python benchmarks/engine.py --markdown  # the same, as markdown (for the docs)
     .venv/bin/python benchmarks/engine.py --quick     # tiny sizes: a smoke test, not figures
 
 The peer is optional (`pip install kyvvu-engine`, or `make bench`); without it only
-pathguard is measured. Both engines get the same 100 policies, written in each engine's own
-built-in rules (the neutral mix is `_GROUPS` below; `_peer_kyvvu.py` translates it), and the
-same steps. Progress goes to stderr, the report to stdout.
+pathguard is measured. Both engines get the same 100 policies, each written in the engine's
+own built-in rules (the neutral mix is `_GROUPS` below, `_peer_kyvvu.py` translates it for
+the peer), and the same steps. Progress goes to stderr, the report to stdout.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import pathguard
 from pathguard.engine import PolicyEngine
 from pathguard.errors import PolicyLoadError
 from pathguard.policies import PolicySet
-from pathguard.vocabulary import AgentRegistration, Behavior, Status
+from pathguard.vocabulary import AgentRegistration, Behavior, RiskClass, Status
 
 AGENT = "bench-agent"
 NOW = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)  # noon: inside every working-hours window
@@ -53,10 +53,9 @@ TOOLS = (
     "delete_ticket",
 )
 POLICY_COUNT = 100
-TIMER_FLOOR_RUNS = 20_000
 
 R, M, X, C = "step.resource", "step.model", "step.exec", "step.credential"
-MSG, S, G = "step.message", "step.self", "step.gate"
+MSG, S, G, START_T = "step.message", "step.self", "step.gate", "task.start"
 
 
 # -- the neutral description of steps and policies -------------------------------------------
@@ -84,13 +83,13 @@ class Spec:
 
     id: str
     kind: str
-    target: str | None
+    target: str | None  # a step type, or None for every step
     verb: str | None
     args: Mapping[str, Any]
 
 
-START = Step("task.start", None, "task")
-# The recorded history repeats this cycle after one task.start: a support agent's loop.
+START = Step(START_T, None, "task")
+# The recorded history is one task.start and then this cycle: a support agent's loop.
 CYCLE = (
     Step(M, "POST", "chat", cost=0.0004),
     Step(R, "GET", "read_ticket", domain="api.example.com", trust="trusted"),
@@ -99,115 +98,56 @@ CYCLE = (
     Step(R, "POST", "update_ticket", domain="crm.example.com", trust="trusted"),
     Step(MSG, "POST", "reply", channel="chat"),
 )
-# The intended steps that are evaluated, in turn, in every timing loop.
-ROTATION = (
-    Step(R, "GET", "read_ticket", domain="api.example.com", trust="trusted"),
-    Step(M, "POST", "chat", cost=0.0004),
-    Step(R, "POST", "update_ticket", domain="crm.example.com", trust="trusted"),
-    Step(MSG, "POST", "reply", channel="chat"),
-)
+# The intended steps every timing loop evaluates, in turn.
+ROTATION = (CYCLE[1], CYCLE[0], CYCLE[4], CYCLE[5])
 
 _NAMES = "^(" + "|".join(TOOLS) + ")$"
 _BIG = 10**6
 
-# (kind, target step type or None for every step, target verb, one args dict per policy).
-# Each row is a family of policies of one rule kind; the order puts ten different kinds
-# first, so that the 10-policy scenario (one policy of each of the first ten rows) is varied.
-# To change the mix, edit this table: `_peer_kyvvu.py` translates every kind it names.
+# The mix: (rule kind, target step type or None for every step, target verb, one args dict
+# per policy). Ten different kinds come first: the 10-policy scenario takes the first policy
+# of each of the first ten rows. To change the mix, edit this table (a new kind needs a
+# translation in `_OURS` below and in `_peer_kyvvu._TRANSLATIONS`).
+# fmt: off
 _GROUPS: tuple[tuple[str, str | None, str | None, tuple[Mapping[str, Any], ...]], ...] = (
-    (
-        "domain_allowlist",
-        R,
-        None,
-        (
-            {"domains": ["example.com"]},
-            {"domains": ["example.com", "example.org"]},
-            {"domains": ["api.example.com", "crm.example.com"]},
-            {"domains": ["example.com", "openai.com"]},
-            {"domains": ["example.com", "internal.test"]},
-        ),
-    ),
-    (
-        "requires_prior",
-        R,
-        "GET",
-        (
-            {"required": M},
-            {"required": "task.start"},
-            {"required": M},
-            {"required": "task.start"},
-        ),
-    ),
+    ("domain_allowlist", R, None, (
+        {"domains": ["example.com"]}, {"domains": ["example.com", "example.org"]},
+        {"domains": ["api.example.com", "crm.example.com"]},
+        {"domains": ["example.com", "openai.com"]}, {"domains": ["example.com", "internal.test"]},
+    )),
+    ("requires_prior", R, "GET", ({"required": M}, {"required": START_T}) * 2),
     ("requires_gate", R, "POST", ({}, {"within": 10}, {"within": 100})),
     ("max_steps", M, None, tuple({"step_type": M, "max": _BIG * k} for k in (1, 10, 100))),
-    (
-        "field_matches_regex",
-        None,
-        None,
-        (
-            {"field": "step_name", "pattern": "^[a-z_]+$"},
-            {"field": "step_name", "pattern": "^[a-z]"},
-            {"field": "step_name", "pattern": "[a-z]$"},
-            {"field": "step_name", "pattern": "^[^ ]{1,64}$"},
-            {"field": "step_name", "pattern": _NAMES},
-        ),
-    ),
-    (
-        "sequence_forbidden",
-        None,
-        None,
-        (
-            {"sequence": [C, X]},
-            {"sequence": ["step.unknown", MSG]},
-            {"sequence": [X, C, MSG]},
-        ),
-    ),
+    ("field_matches_regex", None, None, tuple({"field": "step_name", "pattern": p} for p in (
+        "^[a-z_]+$", "^[a-z]", "[a-z]$", "^[^ ]{1,64}$", _NAMES))),
+    ("sequence_forbidden", None, None, (
+        {"sequence": [C, X]}, {"sequence": ["step.unknown", MSG]}, {"sequence": [X, C, MSG]},
+    )),
     ("taint", R, "POST", ({"source": R, "trust": "untrusted"},) * 2),
     ("step_name_allowlist", R, None, ({},) * 2),
     ("not_after", R, None, ({"forbidden": "step.unknown"},) * 2),
-    (
-        "budget",
-        M,
-        None,
-        tuple(
-            {"step_type": M, "property": "usage.cost_usd", "max": m} for m in (1000, 5000, 10000)
-        ),
-    ),
+    ("budget", M, None, tuple(
+        {"step_type": M, "property": "usage.cost_usd", "max": m} for m in (1000, 5000, 10000))),
     ("max_consecutive", M, None, tuple({"step_type": M, "max": m} for m in (20, 50, 100))),
     ("directly_preceded_by", R, "DELETE", ({"required": G},) * 2),
     ("requires_prior_without_intervening", R, "DELETE", ({"required": G, "forbidden": M},) * 2),
     ("requires_dedicated_prior", R, "DELETE", ({"required": G},)),
-    (
-        "conditional_successor",
-        None,
-        None,
-        (
-            {"trigger": R, "trust": "untrusted", "forbidden": X},
-            {"trigger": R, "trust": "untrusted", "forbidden": C},
-        ),
-    ),
+    ("conditional_successor", None, None, (
+        {"trigger": R, "trust": "untrusted", "forbidden": X},
+        {"trigger": R, "trust": "untrusted", "forbidden": C},
+    )),
     ("not_history_contains", None, None, ({"step_type": "step.unknown"}, {"step_type": X})),
-    ("any_of_current_or_history", None, None, ({"current": M, "history": "task.start"},)),
-    ("history_contains", None, None, ({"step_type": "task.start"},) * 2),
-    (
-        "working_hours",
-        None,
-        None,
-        (
-            {"start_hour": 6, "end_hour": 22, "timezone": "UTC"},
-            {"start_hour": 22, "end_hour": 20, "timezone": "Europe/Amsterdam"},
-        ),
-    ),
+    ("any_of_current_or_history", None, None, ({"current": M, "history": START_T},)),
+    ("history_contains", None, None, ({"step_type": START_T},) * 2),
+    ("working_hours", None, None, (
+        {"start_hour": 6, "end_hour": 22, "timezone": "UTC"},
+        {"start_hour": 22, "end_hour": 20, "timezone": "Europe/Amsterdam"},
+    )),
     ("field_not_empty", None, None, ({"field": "step_name"}, {"field": "input.text"})),
-    (
-        "field_in_list",
-        None,
-        None,
-        (
-            {"field": "step_name", "values": list(TOOLS)},
-            {"field": "step_name", "values": [*TOOLS, "search", "summarise"]},
-        ),
-    ),
+    ("field_in_list", None, None, (
+        {"field": "step_name", "values": list(TOOLS)},
+        {"field": "step_name", "values": [*TOOLS, "search", "summarise"]},
+    )),
     ("path_within_root", S, None, ({"root": ROOT},) * 3),
     ("requires_prior", X, None, ({"required": G},) * 3),
     ("taint", X, None, ({"source": C},) * 3),
@@ -226,123 +166,92 @@ _GROUPS: tuple[tuple[str, str | None, str | None, tuple[Mapping[str, Any], ...]]
     ("requires_prior", MSG, None, ({"required": M},) * 2),
     ("requires_gate", MSG, "POST", ({},) * 2),
     ("not_after", MSG, None, ({"forbidden": X},) * 2),
-    ("requires_prior", M, None, ({"required": "task.start"},) * 2),
+    ("requires_prior", M, None, ({"required": START_T},) * 2),
     ("requires_prior", S, None, ({"required": M},) * 2),
-    ("requires_prior", G, None, ({"required": "task.start"},)),
+    ("requires_prior", G, None, ({"required": START_T},)),
     ("not_after", R, "GET", ({"forbidden": X},) * 2),
     ("requires_gate", R, "DELETE", ({},) * 2),
 )
+# fmt: on
 
 
 def all_specs() -> list[Spec]:
-    """The full neutral mix, ids numbered per kind, ordered round-robin over the rows."""
-    rows = [
-        [(kind, target, verb, args) for args in variants]
-        for kind, target, verb, variants in _GROUPS
-    ]
+    """The whole neutral mix, ordered round-robin over the rows, ids numbered per kind."""
+    rows = [[(kind, target, verb, a) for a in variants] for kind, target, verb, variants in _GROUPS]
     specs: list[Spec] = []
-    seen: dict[str, int] = {}
-    for i in range(max(len(r) for r in rows)):
-        for row in rows:
-            if i < len(row):
-                kind, target, verb, args = row[i]
-                seen[kind] = seen.get(kind, 0) + 1
-                specs.append(Spec(f"{kind}-{seen[kind]}", kind, target, verb, args))
+    count: dict[str, int] = {}
+    for i in range(max(len(row) for row in rows)):
+        for kind, target, verb, args in (row[i] for row in rows if i < len(row)):
+            count[kind] = count.get(kind, 0) + 1
+            specs.append(Spec(f"{kind}-{count[kind]}", kind, target, verb, args))
     return specs
 
 
 # -- pathguard's side -------------------------------------------------------------------------
 
 
-def _child(rule: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    return {"rule": rule, "params": dict(params)}
+def _sub(rule: str, **params: Any) -> dict[str, Any]:
+    return {"rule": rule, "params": params}
 
 
+def _of(step_type: str) -> dict[str, Any]:
+    return {"step_type": step_type}
+
+
+# Each neutral kind -> (pathguard rule, params).
+# fmt: off
 _OURS: dict[str, Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]] = {
     "field_not_empty": lambda a: ("field_not_empty", {"field": a["field"]}),
-    "field_matches_regex": lambda a: (
-        "field_matches_regex",
-        {"field": a["field"], "pattern": a["pattern"]},
-    ),
-    "field_in_list": lambda a: ("field_in_list", {"field": a["field"], "values": a["values"]}),
-    "sequence_forbidden": lambda a: ("sequence_forbidden", {"sequence": list(a["sequence"])}),
-    "conditional_successor": lambda a: (
-        "conditional_successor",
-        {
-            "trigger": a["trigger"],
-            "condition": {"properties.target.trust": a["trust"]},
-            "forbidden": a["forbidden"],
-        },
-    ),
+    "field_matches_regex": lambda a: ("field_matches_regex", dict(a)),
+    "field_in_list": lambda a: ("field_in_list", dict(a)),
+    "sequence_forbidden": lambda a: ("sequence_forbidden", {"sequence": a["sequence"]}),
+    "conditional_successor": lambda a: ("conditional_successor", {
+        "trigger": a["trigger"], "condition": {"properties.target.trust": a["trust"]},
+        "forbidden": a["forbidden"]}),
     "not_history_contains": lambda a: (
-        "not",
-        {"rule": _child("history_contains", {"step_type": a["step_type"]})},
-    ),
-    "any_of_current_or_history": lambda a: (
-        "any_of",
-        {
-            "rules": [
-                _child("current_is", {"step_type": a["current"]}),
-                _child("history_contains", {"step_type": a["history"]}),
-            ]
-        },
-    ),
-    "history_contains": lambda a: ("history_contains", {"step_type": a["step_type"]}),
+        "not", {"rule": _sub("history_contains", **_of(a["step_type"]))}),
+    "any_of_current_or_history": lambda a: ("any_of", {"rules": [
+        _sub("current_is", **_of(a["current"])),
+        _sub("history_contains", **_of(a["history"]))]}),
+    "history_contains": lambda a: ("history_contains", _of(a["step_type"])),
     "working_hours": lambda a: ("working_hours", dict(a)),
-    "domain_allowlist": lambda a: ("domain_allowlist", {"domains": list(a["domains"])}),
-    "requires_prior": lambda a: ("requires_prior", {"step_type": a["required"]}),
-    "requires_gate": lambda a: (
-        "requires_gate",
-        {"gate_type": "human_approval", **({"within": a["within"]} if a.get("within") else {})},
-    ),
-    "not_after": lambda a: ("not_after", {"step_type": a["forbidden"]}),
-    "taint": lambda a: (
-        "taint",
-        {
-            "source": {"step_type": a["source"], "properties": {"target.trust": a["trust"]}}
-            if a.get("trust")
-            else a["source"]
-        },
-    ),
-    "directly_preceded_by": lambda a: ("directly_preceded_by", {"step_type": a["required"]}),
+    "domain_allowlist": lambda a: ("domain_allowlist", {"domains": a["domains"]}),
+    "requires_prior": lambda a: ("requires_prior", _of(a["required"])),
+    "requires_gate": lambda a: ("requires_gate", {"gate_type": "human_approval", **(
+        {"within": a["within"]} if a.get("within") else {})}),
+    "not_after": lambda a: ("not_after", _of(a["forbidden"])),
+    "taint": lambda a: ("taint", {"source": {
+        "step_type": a["source"], "properties": {"target.trust": a["trust"]}}
+        if a.get("trust") else a["source"]}),
+    "directly_preceded_by": lambda a: ("directly_preceded_by", _of(a["required"])),
     "requires_prior_without_intervening": lambda a: (
-        "requires_prior_without_intervening",
-        {"required": a["required"], "forbidden": a["forbidden"]},
-    ),
-    "requires_dedicated_prior": lambda a: (
-        "requires_dedicated_prior",
-        {"step_type": a["required"]},
-    ),
+        "requires_prior_without_intervening", {"required": a["required"],
+                                               "forbidden": a["forbidden"]}),
+    "requires_dedicated_prior": lambda a: ("requires_dedicated_prior", _of(a["required"])),
     "step_name_allowlist": lambda a: ("step_name_allowlist", {}),
-    "max_steps": lambda a: (
-        "max_steps",
-        {"max": a["max"], "filter": {"step_type": a["step_type"]}},
-    ),
+    "max_steps": lambda a: ("max_steps", {"max": a["max"], "filter": _of(a["step_type"])}),
     "max_consecutive": lambda a: (
-        "max_consecutive",
-        {"max": a["max"], "filter": {"step_type": a["step_type"]}},
-    ),
-    "budget": lambda a: (
-        "budget",
-        {"property": a["property"], "max": a["max"], "filter": {"step_type": a["step_type"]}},
-    ),
+        "max_consecutive", {"max": a["max"], "filter": _of(a["step_type"])}),
+    "budget": lambda a: ("budget", {
+        "property": a["property"], "max": a["max"], "filter": _of(a["step_type"])}),
     "path_within_root": lambda a: (
-        "path_within_root",
-        {"root": a["root"], "field": "properties.target.path"},
-    ),
+        "path_within_root", {"root": a["root"], "field": "properties.target.path"}),
 }
-
-
-def our_policy(spec: Spec) -> dict[str, Any]:
-    rule, params = _OURS[spec.kind](spec.args)
-    policy: dict[str, Any] = {"id": spec.id, "rule": rule, "params": params, "severity": "high"}
-    if spec.target is not None:
-        policy["when"] = {"step_type": spec.target, **({"verb": spec.verb} if spec.verb else {})}
-    return policy
+# fmt: on
 
 
 def our_document(specs: Sequence[Spec]) -> dict[str, Any]:
-    return {"version": 1, "name": "benchmark", "policies": [our_policy(s) for s in specs]}
+    policies = []
+    for spec in specs:
+        rule, params = _OURS[spec.kind](spec.args)
+        policy = {"id": spec.id, "rule": rule, "params": params, "severity": "high"}
+        if spec.target is not None:
+            policy["when"] = {
+                "step_type": spec.target,
+                **({"verb": spec.verb} if spec.verb else {}),
+            }
+        policies.append(policy)
+    return {"version": 1, "name": "benchmark", "policies": policies}
 
 
 class OursSide:
@@ -355,15 +264,16 @@ class OursSide:
         self.engine = PolicyEngine(None, history_limit=history_limit)
 
     def load(self, specs: Sequence[Spec]) -> None:
-        policy_set = PolicySet.from_dict(our_document(specs))
-        self.engine = PolicyEngine(policy_set, history_limit=self.history_limit)
+        self.engine = PolicyEngine(
+            PolicySet.from_dict(our_document(specs)), history_limit=self.history_limit
+        )
         self.engine.register(
             AgentRegistration(
                 agent_key=AGENT,
                 name="Benchmark agent",
                 purpose="benchmark",
                 tools=TOOLS,
-                risk_classification="limited",
+                risk_classification=RiskClass.limited,
             )
         )
 
@@ -381,13 +291,9 @@ class OursSide:
 
     def behavior(self, step: Step, task_id: str, *, completed: bool) -> Behavior:
         properties: dict[str, Any] = {}
-        target = {
-            k: v
-            for k, v in (("domain", step.domain), ("trust", step.trust), ("path", step.path))
-            if v is not None
-        }
-        if target:
-            properties["target"] = target
+        target = {"domain": step.domain, "trust": step.trust, "path": step.path}
+        if any(v is not None for v in target.values()):
+            properties["target"] = {k: v for k, v in target.items() if v is not None}
         if step.cost is not None:
             properties["usage"] = {"cost_usd": step.cost}
         if step.channel is not None:
@@ -418,10 +324,10 @@ class OursSide:
 
 
 def usable_specs(specs: Sequence[Spec]) -> tuple[list[Spec], dict[str, str]]:
-    """Keep the kinds pathguard can load today (rule modules may still be missing)."""
+    """The specs whose kind pathguard can load today, and why the others cannot be."""
     missing: dict[str, str] = {}
     for spec in specs:
-        if spec.kind in missing or spec.kind not in peer.KINDS:
+        if spec.kind in missing:
             continue
         try:
             PolicySet.from_dict(our_document([spec]))
@@ -431,13 +337,11 @@ def usable_specs(specs: Sequence[Spec]) -> tuple[list[Spec], dict[str, str]]:
 
 
 def fill_to(specs: Sequence[Spec], count: int) -> list[Spec]:
-    """Exactly `count` specs: extra copies of the available ones when kinds are missing."""
+    """Exactly `count` specs: the first ones, then extra copies when kinds are missing."""
     out = list(specs[:count])
-    i = 0
-    while len(out) < count and specs:
+    for i in range(count - len(out)):
         base = specs[i % len(specs)]
-        out.append(dataclasses.replace(base, id=f"{base.id}-x{i // len(specs) + 1}"))
-        i += 1
+        out.append(dataclasses.replace(base, id=f"{base.id}-copy{i // len(specs) + 1}"))
     return out
 
 
@@ -450,11 +354,11 @@ CLOCKS: tuple[tuple[str, Clock], ...] = (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Config:
     quick: bool
     histories: tuple[int, int, int]
-    budget_s: float
+    budget_s: float  # time spent per timed pass, within [n_min, n_max] calls
     n_min: int
     n_max: int
     memory_steps: tuple[int, int, int]
@@ -469,7 +373,7 @@ class Config:
         return cls(False, (50, 1000, 10_000), 1.0, 200, 20_000, (100, 1000, 10_000), 10, 3, 50)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Stats:
     n: int
     wall: tuple[float, float]  # p50, p99 in µs
@@ -477,15 +381,11 @@ class Stats:
     evaluated: float | None = None
 
 
-def percentile(sorted_ns: Sequence[int], q: float) -> float:
-    """Nearest-rank percentile of nanosecond samples, in microseconds."""
-    index = max(0, math.ceil(q * len(sorted_ns)) - 1)
-    return sorted_ns[index] / 1000
-
-
 def summary(samples: Sequence[int]) -> tuple[float, float]:
+    """Nearest-rank p50 and p99 of nanosecond samples, in µs."""
     ordered = sorted(samples)
-    return percentile(ordered, 0.50), percentile(ordered, 0.99)
+    p50, p99 = (ordered[max(0, math.ceil(q * len(ordered)) - 1)] / 1000 for q in (0.5, 0.99))
+    return p50, p99
 
 
 def log(message: str) -> None:
@@ -493,16 +393,30 @@ def log(message: str) -> None:
 
 
 def timer_floor(clock: Clock) -> float:
-    """p50 of two back-to-back clock reads: what an empty timed call costs (µs)."""
+    """p50 of two back-to-back reads of a clock: the cost of timing an empty call (µs)."""
     samples = []
-    for _ in range(TIMER_FLOOR_RUNS):
+    for _ in range(20_000):
         t0 = clock()
         samples.append(clock() - t0)
     return summary(samples)[0]
 
 
+def iterations(per_call_ns: float, cfg: Config) -> int:
+    return max(cfg.n_min, min(cfg.n_max, int(cfg.budget_s * 1e9 / max(per_call_ns, 1.0))))
+
+
+def probe(fn: Callable[[], Any], runs: int = 7) -> float:
+    """Median wall time of a few calls, in ns (to size the timed loops)."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 class Task:
-    """One open task on one side, with its history recorded and its steps pre-built."""
+    """One open task on one side, its history recorded and its rotation steps pre-built."""
 
     counter = 0
 
@@ -511,24 +425,22 @@ class Task:
         self.side = side
         self.id = f"bench-{Task.counter}"
         side.open_task(self.id)
-        record = side.recorder()
+        self.record = side.recorder()
         if history:
-            record(side.behavior(START, self.id, completed=True))
+            self.record(side.behavior(START, self.id, completed=True))
             cycle = [side.behavior(s, self.id, completed=True) for s in CYCLE]
             for i in range(history - 1):
-                record(cycle[i % len(cycle)])
+                self.record(cycle[i % len(cycle)])
         self.intended = [side.behavior(s, self.id, completed=False) for s in ROTATION]
         self.completed = [side.behavior(s, self.id, completed=True) for s in ROTATION]
         self.evaluate = side.evaluator(self.id)
-        self.record = record
 
     def close(self) -> None:
         self.side.close_task(self.id)
 
 
 def time_evaluate(task: Task, n: int, clock: Clock) -> list[int]:
-    evaluate, intended = task.evaluate, task.intended
-    k = len(intended)
+    evaluate, intended, k = task.evaluate, task.intended, len(task.intended)
     out = [0] * n
     gc.disable()
     try:
@@ -543,9 +455,8 @@ def time_evaluate(task: Task, n: int, clock: Clock) -> list[int]:
 
 
 def time_evaluate_record(task: Task, n: int, clock: Clock) -> list[int]:
-    evaluate, record = task.evaluate, task.record
+    evaluate, record, k = task.evaluate, task.record, len(task.intended)
     intended, completed = task.intended, task.completed
-    k = len(intended)
     out = [0] * n
     gc.disable()
     try:
@@ -560,29 +471,12 @@ def time_evaluate_record(task: Task, n: int, clock: Clock) -> list[int]:
     return out
 
 
-def iterations(per_call_ns: float, cfg: Config) -> int:
-    wanted = int(cfg.budget_s * 1e9 / max(per_call_ns, 1.0))
-    return max(cfg.n_min, min(cfg.n_max, wanted))
-
-
-def probe(fn: Callable[[], Any], runs: int = 7) -> float:
-    """Median wall time of a few calls, in ns (to size the timed loops)."""
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def measure_evaluate(side: Any, history: int, cfg: Config) -> Stats:
     task = Task(side, history)
     try:
         decisions = [task.evaluate(b) for b in task.intended]
         evaluated = sum(side.evaluated(d) for d in decisions) / len(decisions)
-        k = len(task.intended)
-        per_call = probe(lambda: [task.evaluate(b) for b in task.intended]) / k
-        n = iterations(per_call, cfg)
+        n = iterations(probe(lambda: [task.evaluate(b) for b in task.intended]) / 4, cfg)
         time_evaluate(task, min(n, 200), time.perf_counter_ns)  # warm-up
         results = {}
         for name, clock in CLOCKS:
@@ -594,14 +488,13 @@ def measure_evaluate(side: Any, history: int, cfg: Config) -> Stats:
 
 
 def measure_evaluate_record(side: Any, history: int, cfg: Config) -> Stats:
-    # Recording grows the history, so the timed calls run in rounds of a few steps, each on
-    # a fresh task with the scenario's history: the history stays within 10% of its size.
+    # Recording lengthens the history, so the timed pairs run in rounds, each on a fresh task
+    # holding the scenario's history: it never grows by more than a tenth (or 5 steps).
     per_round = max(5, history // 10)
     warm = Task(side, history)
-    per_call = probe(lambda: (warm.evaluate(warm.intended[0]), warm.record(warm.completed[0])))
+    n = iterations(probe(lambda: time_evaluate_record(warm, 1, time.perf_counter_ns)), cfg)
     time_evaluate_record(warm, per_round, time.perf_counter_ns)
     warm.close()
-    n = iterations(per_call, cfg)
     results = {}
     for name, clock in CLOCKS:
         gc.collect()
@@ -614,7 +507,23 @@ def measure_evaluate_record(side: Any, history: int, cfg: Config) -> Stats:
     return Stats(n, results["wall"], results["cpu"])
 
 
-# -- the @guard.step row ------------------------------------------------------------------
+def check_agreement(sides: Mapping[str, Any], specs: Sequence[Spec], history: int) -> list[str]:
+    """Where the engines disagree on which policies a rotation step violates."""
+    verdicts = {}
+    for key, side in sides.items():
+        side.load(specs)
+        task = Task(side, history)
+        verdicts[key] = [side.violated(task.evaluate(b)) for b in task.intended]
+        task.close()
+    return [
+        f"{step.step_type} {step.name}: only pathguard {sorted(ours - theirs)}, "
+        f"only the peer {sorted(theirs - ours)}"
+        for step, ours, theirs in zip(ROTATION, verdicts["ours"], verdicts["peer"], strict=True)
+        if ours != theirs
+    ]
+
+
+# -- the @guard.step row ----------------------------------------------------------------------
 
 
 def measure_guard(specs: Sequence[Spec], cfg: Config) -> tuple[dict[str, Stats], str]:
@@ -634,13 +543,13 @@ def measure_guard(specs: Sequence[Spec], cfg: Config) -> tuple[dict[str, Stats],
 
     plain = {name: summary(_time_plain(chat, 20 * cfg.n_min, clock)) for name, clock in CLOCKS}
     out: dict[str, Stats] = {}
-    for label, sinks in (("no trace sink", []), ("MemorySink (hash-chained trace)", [1])):
+    for label, sinks in (("no trace sink", 0), ("MemorySink (hash-chained trace)", 1)):
         try:
             guard = Guard(
                 agent_key=AGENT,
                 policies=our_document(specs),
                 clock=NOW.timestamp,
-                sinks=[MemorySink() for _ in sinks],
+                sinks=[MemorySink() for _ in range(sinks)],
             )
             guard.register_agent(
                 name="Benchmark agent",
@@ -648,20 +557,18 @@ def measure_guard(specs: Sequence[Spec], cfg: Config) -> tuple[dict[str, Stats],
                 tools=TOOLS,
                 risk_classification="limited",
             )
-            governed_chat = guard.step(
+            governed = guard.step(
                 StepType.step_model, Verb.POST, properties={"usage": {"cost_usd": 0.0004}}
             )(chat)
-            governed_gate = guard.step(StepType.step_gate)(approve)
-            probe_ns = _time_guard(
-                guard, governed_chat, governed_gate, 20, 20, time.perf_counter_ns
-            )
+            gate = guard.step(StepType.step_gate)(approve)
+            first = _time_guard(guard, governed, gate, 20, 20, time.perf_counter_ns)
         except Exception as exc:  # a benchmark row, not library code: say what went wrong
             return out, f"not measured: {type(exc).__name__}: {exc}"
-        n = iterations(summary(probe_ns)[0] * 1000, cfg)
+        n = iterations(summary(first)[0] * 1000, cfg)
         stats = {}
         for name, clock in CLOCKS:
             p50, p99 = summary(
-                _time_guard(guard, governed_chat, governed_gate, n, cfg.guard_calls_per_task, clock)
+                _time_guard(guard, governed, gate, n, cfg.guard_calls_per_task, clock)
             )
             stats[name] = (p50 - plain[name][0], p99 - plain[name][1])
         out[label] = Stats(n, stats["wall"], stats["cpu"])
@@ -690,8 +597,8 @@ def _time_guard(
     per_task: int,
     clock: Clock,
 ) -> list[int]:
-    """Time `chat` calls inside tasks of `per_task` calls, with an (untimed) approval gate
-    before each one: a realistic path, and one no policy of the mix refuses."""
+    """Time governed `chat` calls in tasks of `per_task` calls, each after an untimed approval
+    gate: a realistic path, and one that no policy of the mix refuses."""
     out: list[int] = []
     gc.collect()
     while len(out) < n:
@@ -708,17 +615,16 @@ def _time_guard(
     return out
 
 
-# -- memory ---------------------------------------------------------------------------------
+# -- memory -----------------------------------------------------------------------------------
 
 
 def memory_per_task(side: Any, specs: Sequence[Spec], steps: int, tasks: int) -> int:
-    """Bytes the engine keeps per open task after `steps` recorded steps (tracemalloc).
+    """Bytes the engine holds per open task after `steps` recorded steps (tracemalloc).
 
-    Every step is a fresh behaviour, so whatever the engine retains of the history is
-    counted; one warm-up task first builds the engine's per-agent caches."""
+    Every step is a fresh behaviour, so whatever the engine keeps of the history counts; a
+    warm-up task first builds the engine's per-agent caches."""
     side.load(specs)
-    warm = Task(side, len(CYCLE) + 1)
-    warm.close()
+    Task(side, len(CYCLE) + 1).close()
     gc.collect()
     tracemalloc.start()
     try:
@@ -743,12 +649,9 @@ def memory_per_task(side: Any, specs: Sequence[Spec], steps: int, tasks: int) ->
 def us(value: float | None) -> str:
     if value is None:
         return "—"
-    if value >= 1000:
-        return f"{value:,.0f}"
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
+    for limit, text in ((1000, f"{value:,.0f}"), (100, f"{value:.0f}"), (10, f"{value:.1f}")):
+        if value >= limit:
+            return text
     return f"{value:.2f}"
 
 
@@ -758,79 +661,286 @@ def times(value: float | None) -> str:
     return f"{value:,.0f}×" if value >= 10 else f"{value:.1f}×"
 
 
+def ratio(peer_value: float, ours: float) -> float | None:
+    return peer_value / ours if ours > 0 else None
+
+
 def kib(value: int | None) -> str:
     return "—" if value is None else f"{value / 1024:,.1f} KiB"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> str:
-    if markdown:
-        lines = [
-            "| " + " | ".join(headers) + " |",
-            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|",
+class Report:
+    """Plain-text or markdown tables and lists."""
+
+    def __init__(self, markdown: bool) -> None:
+        self.markdown = markdown
+        self.parts: list[str] = []
+
+    def heading(self, text: str) -> None:
+        self.parts.append(f"\n### {text}\n" if self.markdown else f"\n{text}\n{'=' * len(text)}")
+
+    def bullets(self, items: Sequence[str]) -> None:
+        self.parts.append("\n".join(("- " if self.markdown else "  ") + i for i in items))
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        if self.markdown:
+            align = ("---" if i < 2 else "---:" for i in range(len(headers)))
+            lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+            self.parts.append("\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]))
+            return
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        fmt = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
+        lines = [fmt.format(*headers), "  ".join("-" * w for w in widths)]
+        self.parts.append("\n".join(lines + [fmt.format(*r) for r in rows]))
+
+    def __str__(self) -> str:
+        return "\n".join(self.parts)
+
+
+@dataclasses.dataclass
+class Results:
+    cfg: Config
+    scenarios: Sequence[tuple[str, Sequence[Spec], int]]
+    latency: dict[tuple[str, str, str], Stats]
+    guard: dict[str, Stats]
+    guard_note: str
+    memory: dict[tuple[str, int], int]
+    specs: Sequence[Spec]
+    missing: Mapping[str, str]
+    disagreements: list[str]
+    peer_text: str
+    load: list[tuple[float, float, float]]
+
+
+def render(res: Results, markdown: bool) -> str:
+    cfg, out = res.cfg, Report(markdown)
+    out.heading("pathguard engine benchmark")
+    (l1, l5, _), (e1, e5, _) = res.load[0], res.load[-1]
+    facts = [
+        f"machine: {os.cpu_count()} CPUs, {platform.machine()}, {platform.system()} "
+        f"{platform.release()}; load average (1 min, 5 min) {l1:.2f}, {l5:.2f} at the start, "
+        f"{e1:.2f}, {e5:.2f} at the end",
+        f"python: {platform.python_implementation()} {platform.python_version()}; "
+        f"pathguard {pathguard.__version__}; peer: {res.peer_text}",
+        "method: each call timed on its own; wall = time.perf_counter_ns, CPU = "
+        "time.thread_time_ns (the calling thread only, so time lost to other processes is not "
+        "in it); garbage collector disabled during timed loops (gc.disable, with a full "
+        "gc.collect before each timed pass); warm-up calls before timing",
+        "timer floor (two back-to-back reads, p50, included in every figure): "
+        f"wall {timer_floor(time.perf_counter_ns):.3f} µs, "
+        f"CPU {timer_floor(time.thread_time_ns):.3f} µs",
+        "evaluated steps, in turn: "
+        + ", ".join(f"{s.step_type} {s.verb} {s.name}" for s in ROTATION),
+        "evaluate + record: timed together, on tasks holding the scenario's history, in rounds "
+        "on fresh tasks so that the history grows by at most a tenth (or 5 steps)",
+    ]
+    if cfg.quick:
+        facts.insert(0, "QUICK RUN: tiny sizes and iteration counts; the figures mean nothing")
+    out.bullets(facts)
+
+    out.heading("Latency (µs per call; × = peer time / pathguard time, CPU)")
+    rows = []
+    for label, _, _ in res.scenarios:
+        for call in ("evaluate", "evaluate + record"):
+            o, p = res.latency[(label, call, "ours")], res.latency.get((label, call, "peer"))
+            evaluated = "" if o.evaluated is None else f"{o.evaluated:.1f}"
+            if p is not None and p.evaluated is not None:
+                evaluated += f" / {p.evaluated:.0f}"
+            theirs = [us(v) for v in (*p.wall, *p.cpu)] if p else ["—"] * 4
+            ratios = [times(ratio(p.cpu[i], o.cpu[i])) for i in (0, 1)] if p else ["—"] * 2
+            n = f"{o.n:,} / {p.n:,}" if p else f"{o.n:,}"
+            rows.append(
+                [label, call, n, evaluated, *(us(v) for v in (*o.wall, *o.cpu)), *theirs, *ratios]
+            )
+    for label, g in res.guard.items():
+        rows.append(
+            [
+                "100 policies, @guard.step overhead",
+                label,
+                f"{g.n:,}",
+                "",
+                *(us(v) for v in (*g.wall, *g.cpu)),
+                *["—"] * 6,
+            ]
+        )
+    out.table(
+        [
+            "scenario",
+            "call",
+            "n ours / peer",
+            "policies evaluated ours / peer",
+            "ours p50",
+            "ours p99",
+            "ours CPU p50",
+            "ours CPU p99",
+            "peer p50",
+            "peer p99",
+            "peer CPU p50",
+            "peer CPU p99",
+            "× p50",
+            "× p99",
+        ],
+        rows,
+    )
+    notes = [
+        "policies evaluated: policies whose target matched the step, mean over the evaluated "
+        "steps; the peer runs the rule of every loaded policy on every step",
+        "@guard.step overhead: a governed call minus a plain call, per percentile; tasks of "
+        f"{cfg.guard_calls_per_task} calls, each after an (untimed) approval gate; the step is "
+        "built, evaluated, run and recorded",
+    ]
+    if res.guard_note:
+        notes.append(f"@guard.step: {res.guard_note}")
+    out.bullets(notes)
+
+    out.heading("Engine memory per open task (tracemalloc; pathguard with history_limit=100)")
+    out.table(
+        ["after", "", "pathguard", "peer"],
+        [
+            [
+                f"{steps:,} recorded steps",
+                "",
+                kib(res.memory.get(("ours", steps))),
+                kib(res.memory.get(("peer", steps))),
+            ]
+            for steps in cfg.memory_steps
+        ],
+    )
+
+    out.heading("Targets (judged on CPU time; wall time shown too)")
+    out.table(["target", "scenario", "measured", "status"], targets(res))
+
+    out.heading("Policy mix")
+    counts: dict[str, int] = {}
+    for spec in res.specs:
+        counts[spec.kind] = counts.get(spec.kind, 0) + 1
+    targeted = sum(1 for s in res.specs if s.target is not None)
+    mix = [
+        f"{len(res.specs)} policies, {targeted} targeted at one step type (some also at a "
+        f"verb), {len(res.specs) - targeted} at every step: "
+        + ", ".join(f"{kind} ×{n}" for kind, n in sorted(counts.items())),
+        "the same kinds in both engines, each written in the engine's own built-in rules (the "
+        "peer's names are in benchmarks/_peer_kyvvu.py); the 10-policy scenario has one policy "
+        "of each of ten kinds",
+        *(f"left out, pathguard cannot load it: {k} ({why})" for k, why in res.missing.items()),
+    ]
+    if res.peer_text.startswith("kyvvu"):
+        mix.append(
+            "decisions agree: both engines find the same policies violated on every "
+            "evaluated step of every scenario"
+            if not res.disagreements
+            else "decisions differ: " + "; ".join(res.disagreements)
+        )
+    out.bullets(mix)
+    return str(out)
+
+
+def targets(res: Results) -> list[list[str]]:
+    def status(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("met" if ok else "MISSED")
+
+    def both(s: Stats) -> str:
+        return f"{us(s.cpu[1])} µs CPU ({us(s.wall[1])} µs wall)"
+
+    short, long = res.scenarios[2][0], res.scenarios[4][0]
+    o50, o_long = res.latency[(short, "evaluate", "ours")], res.latency[(long, "evaluate", "ours")]
+    p50, p_long = (
+        res.latency.get((short, "evaluate", "peer")),
+        res.latency.get((long, "evaluate", "peer")),
+    )
+    rows = [["evaluate p99 ≤ 25 µs", short, both(o50), status(o50.cpu[1] <= 25)]]
+    if p50 is not None:
+        r50, r99 = (ratio(p50.cpu[i], o50.cpu[i]) for i in (0, 1))
+        ok = r50 is not None and r99 is not None and min(r50, r99) >= 40
+        rows.append(
+            [
+                "evaluate ≥ 40× faster than the peer (p50 and p99)",
+                short,
+                f"{times(r50)} at p50, {times(r99)} at p99",
+                status(ok),
+            ]
+        )
+    else:
+        rows.append(["evaluate ≥ 40× faster than the peer", short, "—", status(None)])
+    growth = o_long.cpu[1] / o50.cpu[1]
+    peer_growth = f" (peer: {times(p_long.cpu[1] / p50.cpu[1])})" if p50 and p_long else ""
+    rows.append(
+        [
+            f"evaluate p99 at {long.split(', ')[1]} within 1.2× of {short.split(', ')[1]}",
+            "100 policies",
+            f"{growth:.2f}×{peer_growth}",
+            status(growth <= 1.2),
         ]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    lines = [fmt.format(*headers), "  ".join("-" * w for w in widths)]
-    lines += [fmt.format(*row) for row in rows]
-    return "\n".join(lines)
-
-
-def heading(text: str, markdown: bool) -> str:
-    return f"\n### {text}\n" if markdown else f"\n{text}\n{'=' * len(text)}"
-
-
-def ratio(peer_value: float | None, ours: float | None) -> float | None:
-    if peer_value is None or ours is None or ours <= 0:
-        return None
-    return peer_value / ours
+    )
+    g = res.guard.get("no trace sink")
+    rows.append(
+        [
+            "@guard.step overhead p99 ≤ 50 µs",
+            "100 policies, no trace sink",
+            both(g) if g else "—",
+            status(None if g is None else g.cpu[1] <= 50),
+        ]
+    )
+    first, *rest = res.cfg.memory_steps
+    base, later = res.memory[("ours", first)], max(res.memory[("ours", s)] for s in rest)
+    rows.append(
+        [
+            "engine memory per open task bounded by the history retention",
+            "history_limit=100",
+            f"{kib(base)} after {first:,} steps, at most {kib(later)} after up to {rest[-1]:,}",
+            status(later <= base * 1.1),
+        ]
+    )
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny sizes and iteration counts (a smoke test, not figures)",
+        help="tiny sizes and iteration counts: a smoke test, not figures",
     )
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--no-peer", action="store_true", help="measure pathguard only")
     args = parser.parse_args(argv)
     cfg = Config.make(args.quick)
-    md = args.markdown
+    load = [os.getloadavg()]
 
-    specs, missing = usable_specs(all_specs())
-    full = fill_to(specs, POLICY_COUNT)
-    ten = fill_to(specs, 10)
-
+    specs, missing = usable_specs([s for s in all_specs() if s.kind in peer.KINDS])
+    full, ten = fill_to(specs, POLICY_COUNT), fill_to(specs, 10)
     use_peer = peer.AVAILABLE and not args.no_peer
     sides: dict[str, Any] = {"ours": OursSide()}
     if use_peer:
         sides["peer"] = peer.PeerSide(agent_key=AGENT, tools=TOOLS, now=NOW)
+        peer_text = f"kyvvu-engine {peer.VERSION}"
+    elif peer.AVAILABLE:
+        peer_text = "not measured (--no-peer)"
+    else:
+        peer_text = "not measured: kyvvu-engine is not installed (pip install kyvvu-engine)"
+        log(f"note: the peer is {peer_text}; measuring pathguard only")
 
     h1, h2, h3 = cfg.histories
     scenarios = (
         ("0 policies, empty history", [], 0),
         ("10 policies, empty history", ten, 0),
-        (f"100 policies, {h1:,}-step history", full, h1),
-        (f"100 policies, {h2:,}-step history", full, h2),
-        (f"100 policies, {h3:,}-step history", full, h3),
+        *((f"100 policies, {h:,}-step history", full, h) for h in (h1, h2, h3)),
     )
-    results: dict[tuple[str, str, str], Stats] = {}
+    latency: dict[tuple[str, str, str], Stats] = {}
     disagreements: list[str] = []
     for label, policy_specs, history in scenarios:
         for key, side in sides.items():
             side.load(policy_specs)
-            log(f"{side.label}: {label}: evaluate")
-            results[(label, "evaluate", key)] = measure_evaluate(side, history, cfg)
-            log(f"{side.label}: {label}: evaluate + record")
-            results[(label, "evaluate + record", key)] = measure_evaluate_record(side, history, cfg)
+            log(f"{side.label}: {label}")
+            latency[(label, "evaluate", key)] = measure_evaluate(side, history, cfg)
+            latency[(label, "evaluate + record", key)] = measure_evaluate_record(side, history, cfg)
         if use_peer:
-            disagreements += check_agreement(sides, policy_specs, history, label)
+            disagreements += [
+                f"{label}, {d}" for d in check_agreement(sides, policy_specs, history)
+            ]
 
-    log("pathguard: @guard.step overhead")
-    guard_stats, guard_note = measure_guard(full, cfg)
+    log("pathguard: @guard.step")
+    guard, guard_note = measure_guard(full, cfg)
 
     memory: dict[tuple[str, int], int] = {}
     for steps in cfg.memory_steps:
@@ -845,289 +955,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 steps,
                 cfg.peer_memory_tasks,
             )
+    load.append(os.getloadavg())
 
-    print(
-        report(
-            cfg,
-            md,
-            scenarios,
-            results,
-            guard_stats,
-            guard_note,
-            memory,
-            use_peer,
-            full,
-            missing,
-            disagreements,
-        )
+    results = Results(
+        cfg,
+        scenarios,
+        latency,
+        guard,
+        guard_note,
+        memory,
+        full,
+        missing,
+        disagreements,
+        peer_text,
+        load,
     )
+    print(render(results, args.markdown))
     return 0
-
-
-def check_agreement(
-    sides: Mapping[str, Any], specs: Sequence[Spec], history: int, label: str
-) -> list[str]:
-    """Do both engines find the same policies violated for each rotation step?"""
-    verdicts = {}
-    for key, side in sides.items():
-        side.load(specs)
-        task = Task(side, history)
-        verdicts[key] = [side.violated(task.evaluate(b)) for b in task.intended]
-        task.close()
-    out = []
-    for step, ours, theirs in zip(ROTATION, verdicts["ours"], verdicts["peer"], strict=True):
-        if ours != theirs:
-            out.append(
-                f"{label}, {step.step_type} {step.verb} {step.name}: only pathguard "
-                f"{sorted(ours - theirs)}, only the peer {sorted(theirs - ours)}"
-            )
-    return out
-
-
-def report(
-    cfg: Config,
-    md: bool,
-    scenarios: Sequence[tuple[str, Sequence[Spec], int]],
-    results: Mapping[tuple[str, str, str], Stats],
-    guard_stats: Mapping[str, Stats],
-    guard_note: str,
-    memory: Mapping[tuple[str, int], int],
-    use_peer: bool,
-    full: Sequence[Spec],
-    missing: Mapping[str, str],
-    disagreements: Sequence[str],
-) -> str:
-    out: list[str] = []
-    cpus = os.cpu_count()
-    peer_text = (
-        f"kyvvu-engine {peer.VERSION}"
-        if use_peer
-        else (
-            "not measured (kyvvu-engine is not installed; `pip install kyvvu-engine` to compare)"
-            if not peer.AVAILABLE
-            else "not measured (--no-peer)"
-        )
-    )
-    out.append(heading("pathguard engine benchmark", md))
-    facts = [
-        f"machine: {cpus} CPUs (os.cpu_count), {platform.machine()}, {platform.system()} "
-        f"{platform.release()}",
-        f"python: {platform.python_implementation()} {platform.python_version()}",
-        f"pathguard {pathguard.__version__}; peer: {peer_text}",
-        "method: every call timed on its own, wall = time.perf_counter_ns, "
-        "CPU = time.thread_time_ns; garbage collector disabled during timed loops "
-        "(gc.disable; a full gc.collect before each timed pass); warm-up calls before timing",
-        f"timer floor (two back-to-back reads, p50): wall {timer_floor(time.perf_counter_ns):.3f} "
-        f"µs, CPU {timer_floor(time.thread_time_ns):.3f} µs (included in every figure)",
-        "evaluated steps rotate over: "
-        + ", ".join(f"{s.step_type} {s.verb} {s.name}" for s in ROTATION),
-        "evaluate + record: each call pair on a task holding the scenario's history, in rounds "
-        "on fresh tasks so the history grows by at most 10% (or 5 steps)",
-    ]
-    if cfg.quick:
-        facts.insert(0, "QUICK RUN: tiny sizes and iteration counts; the figures mean nothing")
-    out.append("\n".join(f"- {f}" if md else f"  {f}" for f in facts))
-
-    out.append(heading("Latency (µs per call; × = peer time / pathguard time, wall)", md))
-    headers = [
-        "scenario",
-        "call",
-        "n ours/peer",
-        "policies evaluated ours/peer",
-        "ours p50",
-        "ours p99",
-        "ours CPU p50",
-        "ours CPU p99",
-        "peer p50",
-        "peer p99",
-        "peer CPU p50",
-        "peer CPU p99",
-        "× p50",
-        "× p99",
-    ]
-    rows = []
-    for label, _, _ in scenarios:
-        for call in ("evaluate", "evaluate + record"):
-            o = results[(label, call, "ours")]
-            p = results.get((label, call, "peer"))
-            evaluated = (
-                ""
-                if o.evaluated is None
-                else (
-                    f"{o.evaluated:.1f} / {p.evaluated:.0f}"
-                    if p and p.evaluated is not None
-                    else f"{o.evaluated:.1f}"
-                )
-            )
-            rows.append(
-                [
-                    label,
-                    call,
-                    f"{o.n:,} / {p.n:,}" if p else f"{o.n:,}",
-                    evaluated,
-                    us(o.wall[0]),
-                    us(o.wall[1]),
-                    us(o.cpu[0]),
-                    us(o.cpu[1]),
-                    us(p.wall[0] if p else None),
-                    us(p.wall[1] if p else None),
-                    us(p.cpu[0] if p else None),
-                    us(p.cpu[1] if p else None),
-                    times(ratio(p.wall[0], o.wall[0]) if p else None),
-                    times(ratio(p.wall[1], o.wall[1]) if p else None),
-                ]
-            )
-    for label, stats in guard_stats.items():
-        rows.append(
-            [
-                "100 policies, @guard.step overhead",
-                label,
-                f"{stats.n:,}",
-                "",
-                us(stats.wall[0]),
-                us(stats.wall[1]),
-                us(stats.cpu[0]),
-                us(stats.cpu[1]),
-                "—",
-                "—",
-                "—",
-                "—",
-                "—",
-                "—",
-            ]
-        )
-    out.append(table(headers, rows, md))
-    notes = [
-        "policies evaluated = policies whose target matched the step (mean over the rotation); "
-        "the peer runs every loaded policy's rule on every step",
-        "@guard.step overhead = decorated call minus plain call, per percentile; the task "
-        f"holds up to {cfg.guard_calls_per_task} steps; tasks are opened and closed outside "
-        "the timed calls",
-    ]
-    if guard_note:
-        notes.append(f"@guard.step: {guard_note}")
-    out.append("\n".join(f"- {n}" if md else f"  {n}" for n in notes))
-
-    out.append(
-        heading("Engine memory per open task (tracemalloc, pathguard history_limit=100)", md)
-    )
-    mem_rows = []
-    for steps in cfg.memory_steps:
-        mem_rows.append(
-            [
-                f"{steps:,} recorded steps",
-                "",
-                kib(memory.get(("ours", steps))),
-                kib(memory.get(("peer", steps))),
-            ]
-        )
-    out.append(table(["after", "", "pathguard", "peer"], mem_rows, md))
-
-    out.append(heading("Targets", md))
-    out.append(
-        table(
-            ["target", "", "measured", "status"],
-            targets(cfg, scenarios, results, guard_stats, memory, use_peer),
-            md,
-        )
-    )
-
-    out.append(heading("Policy mix", md))
-    counts: dict[str, int] = {}
-    for spec in full:
-        counts[spec.kind] = counts.get(spec.kind, 0) + 1
-    targeted = sum(1 for s in full if s.target is not None)
-    mix = [
-        f"{len(full)} policies, {targeted} targeted at one step type (and maybe a verb), "
-        f"{len(full) - targeted} at every step: "
-        + ", ".join(f"{kind} ×{n}" for kind, n in sorted(counts.items())),
-        "the same kinds in both engines, each in its own built-in rules (see "
-        "benchmarks/_peer_kyvvu.py for the peer's names); the 10-policy scenario takes one "
-        "policy of each of ten kinds",
-    ]
-    for kind, why in missing.items():
-        mix.append(f"left out, pathguard cannot load it yet: {kind} ({why})")
-    if use_peer:
-        mix.append(
-            "decisions agree: both engines find the same policies violated for every rotation "
-            "step of every scenario"
-            if not disagreements
-            else "decisions differ: " + "; ".join(disagreements)
-        )
-    out.append("\n".join(f"- {m}" if md else f"  {m}" for m in mix))
-    return "\n".join(out)
-
-
-def targets(
-    cfg: Config,
-    scenarios: Sequence[tuple[str, Sequence[Spec], int]],
-    results: Mapping[tuple[str, str, str], Stats],
-    guard_stats: Mapping[str, Stats],
-    memory: Mapping[tuple[str, int], int],
-    use_peer: bool,
-) -> list[list[str]]:
-    def status(ok: bool | None) -> str:
-        return "not measured" if ok is None else ("met" if ok else "MISSED")
-
-    short, long = scenarios[2][0], scenarios[4][0]
-    o50 = results[(short, "evaluate", "ours")]
-    o10k = results[(long, "evaluate", "ours")]
-    p50 = results.get((short, "evaluate", "peer"))
-    rows = [
-        [
-            "evaluate p99 ≤ 25 µs",
-            short,
-            f"{us(o50.wall[1])} µs wall, {us(o50.cpu[1])} µs CPU",
-            status(o50.wall[1] <= 25),
-        ]
-    ]
-    if p50 is not None:
-        r50, r99 = ratio(p50.wall[0], o50.wall[0]), ratio(p50.wall[1], o50.wall[1])
-        ok = r50 is not None and r99 is not None and min(r50, r99) >= 40
-        rows.append(
-            [
-                "≥ 40× faster than the peer (p50 and p99)",
-                short,
-                f"{times(r50)} at p50, {times(r99)} at p99",
-                status(ok),
-            ]
-        )
-    else:
-        rows.append(["≥ 40× faster than the peer", short, "—", status(None)])
-    growth = o10k.wall[1] / o50.wall[1]
-    peer_growth = ""
-    p10k = results.get((long, "evaluate", "peer"))
-    if p50 is not None and p10k is not None:
-        peer_growth = f" (peer: {times(p10k.wall[1] / p50.wall[1])})"
-    rows.append(
-        [
-            f"{long.split(', ')[1]}: evaluate p99 within 1.2× of {short.split(', ')[1]}",
-            "100 policies",
-            f"{growth:.2f}×{peer_growth}",
-            status(growth <= 1.2),
-        ]
-    )
-    guard = guard_stats.get("no trace sink")
-    rows.append(
-        [
-            "@guard.step overhead p99 ≤ 50 µs",
-            "100 policies, no trace sink",
-            f"{us(guard.wall[1])} µs wall, {us(guard.cpu[1])} µs CPU" if guard else "—",
-            status(None if guard is None else guard.wall[1] <= 50),
-        ]
-    )
-    first, *rest = cfg.memory_steps
-    base = memory[("ours", first)]
-    later = max(memory[("ours", s)] for s in rest)
-    rows.append(
-        [
-            "memory per open task bounded by history retention, not step count",
-            "history_limit=100",
-            f"{kib(base)} after {first:,} steps, at most {kib(later)} after more",
-            status(later <= base * 1.1),
-        ]
-    )
-    return rows
 
 
 if __name__ == "__main__":

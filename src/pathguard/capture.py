@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import hashlib
 import math
 import uuid
 from collections.abc import Callable, Mapping
@@ -46,6 +47,7 @@ class CaptureLimits:
 
 
 DEFAULT_LIMITS = CaptureLimits()
+_UNLIMITED = CaptureLimits(max_string=2**62, max_items=2**62, max_depth=128)
 
 
 def to_jsonable(
@@ -59,10 +61,26 @@ def to_jsonable(
     return _convert(value, limits, json_default, where, 0)
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def _cut(text: str, limits: CaptureLimits) -> str:
     if len(text) <= limits.max_string:
         return text
-    return f"{text[: limits.max_string]}…[truncated {len(text) - limits.max_string} chars]"
+    # The marker carries a digest of the whole text, so two payloads that differ only past
+    # the cap still differ once captured: an approval bound to one never covers the other.
+    digest = _digest(text.encode("utf-8", "replace"))
+    cut = len(text) - limits.max_string
+    return f"{text[: limits.max_string]}…[truncated {cut} chars, sha256:{digest}]"
+
+
+def _elided_digest(value: Any, json_default: Callable[[Any], Any] | None, where: str) -> str:
+    """A digest of the full, uncapped content of something capture leaves out."""
+    from pathguard.canonical import canonical_json
+
+    full = _convert(value, _UNLIMITED, json_default, where, 0)
+    return _digest(canonical_json(full))
 
 
 def _convert(
@@ -86,13 +104,23 @@ def _convert(
         return value if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT else str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    if depth >= limits.max_depth:
-        return f"…[elided: deeper than {limits.max_depth} levels]"
+    if depth >= limits.max_depth and isinstance(
+        value, Mapping | list | tuple | set | frozenset | BaseModel
+    ):
+        if limits is _UNLIMITED:
+            raise CaptureError(
+                f"{where} is nested more than {limits.max_depth} levels deep (a cycle?); "
+                "pathguard cannot capture it. Pass capture_input=False / capture_output=False."
+            )
+        digest = _elided_digest(value, json_default, where)
+        return f"…[elided: deeper than {limits.max_depth} levels, sha256:{digest}]"
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for i, (key, item) in enumerate(value.items()):
             if i >= limits.max_items:
-                out["…"] = f"[{len(value) - limits.max_items} more keys]"
+                rest = dict(list(value.items())[limits.max_items :])
+                digest = _elided_digest(rest, json_default, where)
+                out["…"] = f"[{len(value) - limits.max_items} more keys, sha256:{digest}]"
                 break
             name = key if isinstance(key, str) else str(key)
             out[name] = _convert(item, limits, json_default, f"{where}.{name}", depth + 1)
@@ -104,7 +132,8 @@ def _convert(
             for i, item in enumerate(items[: limits.max_items])
         ]
         if len(items) > limits.max_items:
-            converted.append(f"…[{len(items) - limits.max_items} more items]")
+            digest = _elided_digest(list(items[limits.max_items :]), json_default, where)
+            converted.append(f"…[{len(items) - limits.max_items} more items, sha256:{digest}]")
         return converted
     if isinstance(value, BaseModel):
         return _convert(value.model_dump(mode="json"), limits, json_default, where, depth)

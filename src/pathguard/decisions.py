@@ -86,8 +86,11 @@ class Violation:
         }
 
 
-_EFFECT_ACTION: Final = {Effect.warn: Action.warn, Effect.approve: Action.approve,
-                         Effect.block: Action.block}
+_EFFECT_ACTION: Final = {
+    Effect.warn: Action.warn,
+    Effect.approve: Action.approve,
+    Effect.block: Action.block,
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -106,9 +109,7 @@ class Decision:
     risk_score: float = 0.0
 
     @classmethod
-    def from_violations(
-        cls, violations: list[Violation], evaluated: tuple[str, ...]
-    ) -> Decision:
+    def from_violations(cls, violations: list[Violation], evaluated: tuple[str, ...]) -> Decision:
         """Fold violations into a decision (the one place the action rule lives)."""
         if not violations:
             return cls(action=Action.allow, evaluated=evaluated)

@@ -32,8 +32,21 @@ _ALLOW: Final = Decision(action=Action.allow)
 class _Compiled:
     """A policy with its rule built and its targeting pre-digested."""
 
-    __slots__ = ("agents", "effect", "id", "mode", "per_agent", "phase", "policy", "risks",
-                 "rule", "rule_name", "severity", "slot", "target")
+    __slots__ = (
+        "agents",
+        "effect",
+        "id",
+        "mode",
+        "per_agent",
+        "phase",
+        "policy",
+        "risks",
+        "rule",
+        "rule_name",
+        "severity",
+        "slot",
+        "target",
+    )
 
     def __init__(self, policy: Policy, rule: Rule, slot: int) -> None:
         self.policy = policy
@@ -44,7 +57,8 @@ class _Compiled:
         self.agents = frozenset(policy.agents) if policy.agents is not None else None
         self.risks = (
             frozenset(policy.risk_classification)
-            if policy.risk_classification is not None else None
+            if policy.risk_classification is not None
+            else None
         )
         self.slot = slot
         self.per_agent = rule.state_per == "agent"
@@ -156,8 +170,9 @@ class PolicyEngine:
             try:
                 rule = policy.build_rule()
             except (ValueError, TypeError, KeyError) as exc:
-                problems.append(PolicyProblem(message=str(exc), policy_id=policy.id,
-                                              field="params"))
+                problems.append(
+                    PolicyProblem(message=str(exc), policy_id=policy.id, field="params")
+                )
                 continue
             slot = -1
             if rule.stateful and policy.scope != REGISTRATION:

@@ -38,6 +38,7 @@ from pathguard.engine import PolicyEngine
 from pathguard.errors import (
     ApprovalDeniedError,
     BlockedError,
+    CaptureError,
     ConfigurationError,
     NoActiveTaskError,
 )
@@ -126,6 +127,7 @@ class _StepSpec:
     dynamic_properties: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None
     meta: Mapping[str, Any]
     names: tuple[str, ...]
+    named: frozenset[str]
     varargs: str | None
     varkw: str | None
     defaults: Mapping[str, Any]
@@ -149,6 +151,23 @@ def _env_int(name: str) -> int | None:
         raise ConfigurationError(
             f"PATHGUARD_{name}={value!r} is not a whole number; set it to one or unset it."
         ) from None
+
+
+def _limits_from_env() -> CaptureLimits:
+    defaults = CaptureLimits()
+    values: dict[str, int] = {}
+    for name in ("max_string", "max_items", "max_depth"):
+        value = _env_int(name.upper())
+        if value is None:
+            values[name] = getattr(defaults, name)
+        elif value < 1:
+            raise ConfigurationError(
+                f"PATHGUARD_{name.upper()}={value} must be at least 1; unset it for the "
+                f"default ({getattr(defaults, name)})."
+            )
+        else:
+            values[name] = value
+    return CaptureLimits(**values)
 
 
 class Guard:
@@ -198,6 +217,10 @@ class Guard:
         self.fail_mode: Literal["closed", "open"] = cast(Literal["closed", "open"], mode)
         source = _env("POLICIES") if isinstance(policies, _Unset) else policies
         limit = _env_int("HISTORY_LIMIT") if isinstance(history_limit, _Unset) else history_limit
+        if limit is not None and limit < 0:
+            raise ConfigurationError(
+                f"history_limit (PATHGUARD_HISTORY_LIMIT) must be 0 or more, not {limit}."
+            )
         self.engine = PolicyEngine(
             None if source is None else _policy_source(source),
             history_limit=1000 if limit is None else limit,
@@ -205,12 +228,7 @@ class Guard:
         tpl = _env("TEMPLATE") if isinstance(template, _Unset) else template
         self.template = load_template(tpl)
         self.approval_handler = approval_handler
-        defaults = CaptureLimits()
-        self.capture_limits = capture_limits or CaptureLimits(
-            max_string=_env_int("MAX_STRING") or defaults.max_string,
-            max_items=_env_int("MAX_ITEMS") or defaults.max_items,
-            max_depth=_env_int("MAX_DEPTH") or defaults.max_depth,
-        )
+        self.capture_limits = capture_limits or _limits_from_env()
         self.json_default = json_default
         self.clock = clock
         path = _env("TRACE_PATH") if isinstance(trace_path, _Unset) else trace_path
@@ -469,11 +487,13 @@ class Guard:
         static_props: Mapping[str, Any] = {}
         if isinstance(classify, Classification):
             final_type = declared or classify.step_type or StepType.step_unknown
+            agrees = classify.step_type in (None, final_type)
             final_verb = declared_verb
-            if final_verb is None and classify.step_type in (None, final_type):
+            if final_verb is None and agrees:
                 final_verb = classify.verb
-            check_classification(final_type, final_verb)
-            static_props = classify.properties
+            check_classification(final_type, final_verb, needs_verb=True, name=name)
+            if agrees:
+                static_props = classify.properties
         dynamic = None
         if callable(properties):
             dynamic = properties
@@ -485,6 +505,7 @@ class Guard:
             static_props = deep_merge({"guard": {"gate_type": "human_approval"}}, static_props)
         signature = inspect.signature(func)
         names: list[str] = []
+        named: set[str] = set()
         varargs = varkw = None
         defaults: dict[str, Any] = {}
         for param in signature.parameters.values():
@@ -493,6 +514,7 @@ class Guard:
             elif param.kind is param.VAR_KEYWORD:
                 varkw = param.name
             else:
+                named.add(param.name)
                 if param.kind is not param.KEYWORD_ONLY:
                     names.append(param.name)
                 if param.default is not param.empty:
@@ -507,6 +529,7 @@ class Guard:
             dynamic_properties=dynamic,
             meta=dict(meta or {}),
             names=tuple(names),
+            named=frozenset(named),
             varargs=varargs,
             varkw=varkw,
             defaults=defaults,
@@ -529,7 +552,7 @@ class Guard:
             except BaseException as exc:
                 self._failed(handle, spec, intended, decision, exc)
                 raise
-            completed, after = self._output_check(spec, intended, result)
+            completed, after = self._output_check(handle, spec, intended, decision, result)
             if after is not None and after.action is Action.approve:
                 request = self._request(handle, completed, after, "after")
                 after = self._answered(handle, completed, request, self._ask_sync(request))
@@ -555,7 +578,7 @@ class Guard:
             except BaseException as exc:
                 self._failed(handle, spec, intended, decision, exc)
                 raise
-            completed, after = self._output_check(spec, intended, result)
+            completed, after = self._output_check(handle, spec, intended, decision, result)
             if after is not None and after.action is Action.approve:
                 request = self._request(handle, completed, after, "after")
                 answer = await self._ask_async(request)
@@ -579,13 +602,19 @@ class Guard:
         arguments = self._arguments(spec, args, kwargs)
         classification = spec.classify
         props = spec.properties
+        step_type = spec.step_type
+        verb = spec.verb
         if not isinstance(classification, Classification):
             classification = classification(arguments)
-            props = deep_merge(classification.properties, props)
-        step_type = spec.step_type or classification.step_type or StepType.step_unknown
-        verb = spec.verb
-        if verb is None and classification.step_type in (None, step_type):
-            verb = classification.verb
+            step_type = step_type or classification.step_type or StepType.step_unknown
+            if classification.step_type in (None, step_type):
+                props = deep_merge(classification.properties, props)
+                if verb is None:
+                    verb = classification.verb
+        else:
+            step_type = step_type or classification.step_type or StepType.step_unknown
+            if verb is None and classification.step_type in (None, step_type):
+                verb = classification.verb
         if spec.dynamic_properties is not None:
             props = deep_merge(props, spec.dynamic_properties(arguments))
         call_props, call_meta = self._overrides.get()
@@ -624,7 +653,7 @@ class Guard:
                 arguments.update(kwargs)
             else:
                 for key, value in kwargs.items():
-                    if key in names or key in spec.defaults:
+                    if key in spec.named:
                         arguments[key] = value
                     else:
                         arguments.setdefault(spec.varkw, {})[key] = value
@@ -638,11 +667,13 @@ class Guard:
             with self._lock:
                 return self.engine.evaluate(behavior)
         except Exception as exc:  # the engine itself failed: fail_mode decides
-            return self._engine_failure(exc)
+            # ... except for the end of a task: an engine failure must not hold it open.
+            closing = behavior.step_type in (StepType.task_end, StepType.task_error)
+            return self._engine_failure(exc, fail_open=closing)
 
-    def _engine_failure(self, exc: Exception) -> Decision:
+    def _engine_failure(self, exc: Exception, *, fail_open: bool = False) -> Decision:
         logger.error("pathguard could not evaluate a step: %r", exc, exc_info=exc)
-        if self.fail_mode == "open":
+        if fail_open or self.fail_mode == "open":
             return Decision(action=Action.allow)
         violation = Violation(
             policy_id="pathguard.fail-closed",
@@ -766,9 +797,20 @@ class Guard:
             return self._engine_failure(exc)
 
     def _output_check(
-        self, spec: _StepSpec, intended: Behavior, result: Any
+        self,
+        handle: _TaskHandle,
+        spec: _StepSpec,
+        intended: Behavior,
+        decision: Decision,
+        result: Any,
     ) -> tuple[Behavior, Decision | None]:
-        output = self._capture(result, "output") if spec.capture_output else None
+        try:
+            output = self._capture(result, "output") if spec.capture_output else None
+        except CaptureError as exc:
+            # The function already ran: keep its step in the trace, then tell the developer.
+            failed = {"$capture_error": str(exc)}
+            self._record(handle, intended.replace(status=Status.completed, output=failed), decision)
+            raise
         changes: dict[str, Any] = {"status": Status.completed, "output": output}
         if intended.step_type is StepType.step_gate:
             verdict = "denied" if result is False else "approved"

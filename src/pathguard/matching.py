@@ -278,9 +278,7 @@ class StepMatcher:
         spec = spec or StepFilter()
         self.spec = spec
         types = _as_list(spec.step_type)
-        self.step_types: frozenset[StepType] | None = (
-            frozenset(types) if types else default_types
-        )
+        self.step_types: frozenset[StepType] | None = frozenset(types) if types else default_types
         verbs = _as_list(spec.verb)
         self._verbs: frozenset[Verb] | None = frozenset(verbs) if verbs else None
         globs = _as_list(spec.step_name)

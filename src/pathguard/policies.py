@@ -84,8 +84,11 @@ class PolicySet(BaseModel):
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PolicyLoadError(
-                [PolicyProblem(message=f"not valid JSON: {exc.msg}.", source=source,
-                               line=exc.lineno)]
+                [
+                    PolicyProblem(
+                        message=f"not valid JSON: {exc.msg}.", source=source, line=exc.lineno
+                    )
+                ]
             ) from None
         _, lines = _parse(text, source)
         return _validate_document(data, source=source, lines=lines)
@@ -98,8 +101,7 @@ class PolicySet(BaseModel):
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise PolicyLoadError(
-                [PolicyProblem(message=f"cannot read the file ({exc.strerror}).",
-                               source=str(path))]
+                [PolicyProblem(message=f"cannot read the file ({exc.strerror}).", source=str(path))]
             ) from None
         if path.suffix.lower() == ".json":
             return cls.from_json(text, source=str(path))
@@ -132,8 +134,7 @@ class PolicySet(BaseModel):
     def merged_with(self, *others: PolicySet, name: str | None = None) -> PolicySet:
         """One set holding this set's policies and then the others' (ids must stay unique)."""
         policies = [p.model_dump(mode="json") for s in (self, *others) for p in s.policies]
-        return PolicySet.from_dict({"version": 1, "name": name or self.name,
-                                    "policies": policies})
+        return PolicySet.from_dict({"version": 1, "name": name or self.name, "policies": policies})
 
 
 def load_policies(source: str | Path | Mapping[str, Any] | PolicySet | None) -> PolicySet:
@@ -165,8 +166,13 @@ def _parse(text: str, source: str | None) -> tuple[Any, dict[Loc, int]]:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise PolicyLoadError(
-            [PolicyProblem(message=f"not valid YAML: {problem}.", source=source,
-                           line=mark.line + 1 if mark else None)]
+            [
+                PolicyProblem(
+                    message=f"not valid YAML: {problem}.",
+                    source=source,
+                    line=mark.line + 1 if mark else None,
+                )
+            ]
         ) from None
     lines: dict[Loc, int] = {}
     if node is not None:
@@ -218,7 +224,7 @@ def _message(error: Mapping[str, Any], choices: Sequence[str] = ()) -> str:
         return f"{given!r} is not allowed.{_hint(given, options)} Use {expected}."
     msg = str(error["msg"])
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return msg if msg.endswith(".") else msg + "."
 
 
@@ -230,14 +236,19 @@ def _choices_for(loc: Loc) -> Sequence[str]:
     return _POLICY_KEYS
 
 
-def _validate_document(
-    data: Any, *, source: str | None, lines: dict[Loc, int]
-) -> PolicySet:
+def _validate_document(data: Any, *, source: str | None, lines: dict[Loc, int]) -> PolicySet:
     problems: list[PolicyProblem] = []
 
     def add(message: str, loc: Loc, policy_id: str | None = None, field: str | None = None) -> None:
-        problems.append(PolicyProblem(message=message, source=source, policy_id=policy_id,
-                                      field=field, line=_line_for(loc, lines)))
+        problems.append(
+            PolicyProblem(
+                message=message,
+                source=source,
+                policy_id=policy_id,
+                field=field,
+                line=_line_for(loc, lines),
+            )
+        )
 
     if not isinstance(data, Mapping):
         add("the document must be a mapping with `version`, `name` and `policies`.", ())
@@ -245,12 +256,18 @@ def _validate_document(
 
     for key in data:
         if key not in _SET_KEYS:
-            add(f"unknown top-level key {key!r}.{_hint(str(key), _SET_KEYS)}", (str(key),),
-                field=str(key))
+            add(
+                f"unknown top-level key {key!r}.{_hint(str(key), _SET_KEYS)}",
+                (str(key),),
+                field=str(key),
+            )
     version = data.get("version", 1)
     if version != 1:
-        add(f"unsupported version {version!r}; this pathguard reads version 1.", ("version",),
-            field="version")
+        add(
+            f"unsupported version {version!r}; this pathguard reads version 1.",
+            ("version",),
+            field="version",
+        )
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         add("the document needs a non-empty `name`.", ("name",), field="name")
@@ -271,8 +288,13 @@ def _validate_document(
         # Checked before validation so a duplicate is reported even when either copy has
         # other problems too.
         if pid is not None and pid in seen:
-            add(f"duplicate policy id {pid!r} (first used by policy #{seen[pid] + 1}); ids must "
-                "be unique in a document.", (*loc, "id"), pid, "id")
+            add(
+                f"duplicate policy id {pid!r} (first used by policy #{seen[pid] + 1}); ids must "
+                "be unique in a document.",
+                (*loc, "id"),
+                pid,
+                "id",
+            )
         elif pid is not None:
             seen[pid] = index
         try:
@@ -288,9 +310,13 @@ def _validate_document(
                 _check_params(str(raw["rule"]), raw.get("params") or {}, loc, label, add)
             continue
         if policy.scope == "agent_registration" and policy.when is not None:
-            add("`when` filters steps, but an agent_registration policy has no step; remove "
-                "`when` (use `agents` or `risk_classification` to target).", (*loc, "when"),
-                policy.id, "when")
+            add(
+                "`when` filters steps, but an agent_registration policy has no step; remove "
+                "`when` (use `agents` or `risk_classification` to target).",
+                (*loc, "when"),
+                policy.id,
+                "when",
+            )
         if not _check_rule_name(policy.rule, loc, label, add):
             continue
         if not _check_params(policy.rule, policy.params, loc, policy.id, add):
@@ -304,8 +330,12 @@ def _validate_document(
 
     if problems:
         raise PolicyLoadError(problems)
-    return PolicySet(version=1, name=str(name), description=str(data.get("description", "")),
-                     policies=tuple(policies))
+    return PolicySet(
+        version=1,
+        name=str(name),
+        description=str(data.get("description", "")),
+        policies=tuple(policies),
+    )
 
 
 def _check_rule_name(rule: Any, loc: Loc, label: str, add: Any) -> bool:
@@ -314,8 +344,13 @@ def _check_rule_name(rule: Any, loc: Loc, label: str, add: Any) -> bool:
     try:
         get_rule(rule)
     except KeyError:
-        add(f"unknown rule {rule!r}.{_hint(rule, rule_names())} Run `pathguard rules` to list "
-            "them.", (*loc, "rule"), label, "rule")
+        add(
+            f"unknown rule {rule!r}.{_hint(rule, rule_names())} Run `pathguard rules` to list "
+            "them.",
+            (*loc, "rule"),
+            label,
+            "rule",
+        )
         return False
     return True
 
@@ -327,7 +362,11 @@ def _check_params(rule: str, params: Mapping[str, Any], loc: Loc, label: str, ad
     except ValidationError as exc:
         for err in exc.errors():
             err_loc = ("params", *err["loc"])
-            add(_message(err, list(model.model_fields)), (*loc, *err_loc), label,
-                ".".join(str(p) for p in err_loc))
+            add(
+                _message(err, list(model.model_fields)),
+                (*loc, *err_loc),
+                label,
+                ".".join(str(p) for p in err_loc),
+            )
         return False
     return True

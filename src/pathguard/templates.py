@@ -180,8 +180,10 @@ class Template:
             ) from None
         for i, rule in enumerate(doc.rules):
             s = rule.set
-            if s.verb is not None and s.step_type is not None and s.verb not in valid_verbs(
-                s.step_type
+            if (
+                s.verb is not None
+                and s.step_type is not None
+                and s.verb not in valid_verbs(s.step_type)
             ):
                 raise TemplateError(
                     f"The template {source}, rule #{i + 1}, sets {s.step_type.value} with verb "
@@ -196,8 +198,7 @@ class Template:
         except yaml.YAMLError as exc:
             raise TemplateError(f"The template {source} is not valid YAML: {exc}") from None
         if not isinstance(data, Mapping):
-            raise TemplateError(f"The template {source} must be a mapping with `name` and "
-                                "`rules`.")
+            raise TemplateError(f"The template {source} must be a mapping with `name` and `rules`.")
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -240,7 +241,9 @@ class Template:
         return classify
 
     def classify(
-        self, step_name: str, step_type: StepType | None = None,
+        self,
+        step_name: str,
+        step_type: StepType | None = None,
         arguments: Mapping[str, Any] | None = None,
     ) -> Classification:
         """Classify one step (the first matching rule's settings, or nothing)."""
@@ -259,11 +262,20 @@ def load_template(source: Template | str | Path | Mapping[str, Any] | None) -> T
     return Template.load(source)
 
 
-def check_classification(step_type: StepType, verb: Verb | None) -> None:
-    """Raise InvalidBehaviorError early (at decoration) for a tuple outside the table."""
+def check_classification(
+    step_type: StepType, verb: Verb | None, *, needs_verb: bool = False, name: str = ""
+) -> None:
+    """Raise InvalidBehaviorError early (at decoration) for a tuple outside the table; with
+    `needs_verb`, also when the step type needs a verb and none was given or derived."""
     allowed = valid_verbs(step_type)
     if verb is not None and verb not in allowed:
         expected = ", ".join(v.value for v in allowed) or "no verb"
         raise InvalidBehaviorError(
             f"{step_type.value} does not take the verb {verb.value}; it takes {expected}."
+        )
+    if needs_verb and verb is None and len(allowed) > 1:
+        where = f"The step {name!r} is" if name else "This step is"
+        raise InvalidBehaviorError(
+            f"{where} {step_type.value}, which needs a verb, and neither the decorator nor the "
+            f"template gives one; pass one of: {', '.join(v.value for v in allowed)}."
         )

@@ -189,9 +189,7 @@ class Behavior:
             )
         if verb is None and len(allowed) > 1:
             names = ", ".join(v.value for v in valid_verbs(step_type))
-            raise InvalidBehaviorError(
-                f"{step_type.value} needs a verb; give one of: {names}."
-            )
+            raise InvalidBehaviorError(f"{step_type.value} needs a verb; give one of: {names}.")
         scope = step_type.scope
         if self.scope is not None and Scope(self.scope) is not scope:
             raise InvalidBehaviorError(
@@ -215,8 +213,17 @@ class Behavior:
 
 
 _TOP_LEVEL: Final = frozenset(
-    {"step_type", "scope", "verb", "step_name", "agent_key", "task_id", "seq", "status",
-     "timestamp"}
+    {
+        "step_type",
+        "scope",
+        "verb",
+        "step_name",
+        "agent_key",
+        "task_id",
+        "seq",
+        "status",
+        "timestamp",
+    }
 )
 _NESTED: Final = frozenset({"input", "output", "properties", "meta"})
 FIELD_ROOTS: Final = _TOP_LEVEL | _NESTED
@@ -330,6 +337,14 @@ class AgentRegistration:
 
 
 REGISTRATION_FIELDS: Final = frozenset(
-    {"agent_key", "name", "purpose", "owner", "tools", "risk_classification", "environment",
-     "metadata"}
+    {
+        "agent_key",
+        "name",
+        "purpose",
+        "owner",
+        "tools",
+        "risk_classification",
+        "environment",
+        "metadata",
+    }
 )

@@ -298,7 +298,9 @@ def test_requires_gate_bound_to_input_compares_the_canonical_hash() -> None:
 
 def test_requires_gate_bound_to_input_needs_the_gate_to_record_a_hash() -> None:
     engine = make_engine("requires_gate", {"bind_to_input": True})
-    decision = decide(engine, [done("step.gate", properties=APPROVED)], intended("step.exec"))
+    decision = decide(
+        engine, [done("step.gate", properties=APPROVED)], intended("step.exec", input={})
+    )
     assert reason(decision) == (
         "the last approved human_approval gate does not record which input it approved"
     )

@@ -80,8 +80,15 @@ class EvalContext:
     would be entry `position`); `now` is the step's own timestamp (the engine reads no clock).
     """
 
-    __slots__ = ("_input_hash", "agent", "behavior", "history", "now", "position",
-                 "task_started_at")
+    __slots__ = (
+        "_input_hash",
+        "agent",
+        "behavior",
+        "history",
+        "now",
+        "position",
+        "task_started_at",
+    )
 
     def __init__(
         self,
@@ -111,8 +118,6 @@ class EvalContext:
         """The retained (bounded) history of the task, oldest first."""
         h = self.history
         return h() if callable(h) else h
-
-
 
 
 def is_satisfying(entry: Behavior, count_attempts: bool = False) -> bool:

@@ -447,6 +447,11 @@ class RequiresGate(Rule):
                 f"the last {self.what} was {ctx.position - position} entries ago, "
                 f"more than the allowed {within}"
             )
+        if self.p.bind_to_input and ctx is not None and subject.input is None:
+            return Fail(
+                "bind_to_input needs the step's input, and this step does not capture it "
+                "(capture_input=False)"
+            )
         if self.p.bind_to_input and ctx is not None and approved_hash != ctx.input_hash:
             if not isinstance(approved_hash, str):
                 return Fail(f"the last {self.what} does not record which input it approved")
