@@ -264,7 +264,9 @@ class PolicyEngine:
         bucket = index.get(b.step_type)
         if bucket is None:
             return _ALLOW
-        task = self._task_for(b)
+        task = self._tasks.get(b.task_id)
+        if task is None:  # an unseen task: decide from an empty path, remember nothing
+            task = _Task(b.agent_key, self._new_states(False), 0)
         states = task.states
         agent_states = None
         ctx = EvalContext(

@@ -51,7 +51,15 @@ from pathguard.templates import (
     load_template,
 )
 from pathguard.trace import HashChain, JsonlSink, TraceSink
-from pathguard.vocabulary import AgentRegistration, Behavior, RiskClass, Status, StepType, Verb
+from pathguard.vocabulary import (
+    AgentRegistration,
+    Behavior,
+    RiskClass,
+    Status,
+    StepType,
+    Verb,
+    valid_verbs,
+)
 
 __all__ = ["ApprovalRequest", "Guard", "PolicyWarning"]
 
@@ -128,6 +136,7 @@ class _StepSpec:
     meta: Mapping[str, Any]
     names: tuple[str, ...]
     named: frozenset[str]
+    resolved: tuple[StepType, Verb | None] | None
     varargs: str | None
     varkw: str | None
     defaults: Mapping[str, Any]
@@ -323,11 +332,11 @@ class Guard:
         )
         decision = self._decide(start)
         if decision.action is Action.block or decision.action is Action.approve:
-            self._record(handle, start.replace(status=Status.blocked), decision)
+            self._record(handle, start._evolve(status=Status.blocked), decision)
             with self._lock:
                 self.engine.end_task(task_id)
             raise BlockedError(decision, start)
-        self._record(handle, start.replace(status=Status.completed), decision)
+        self._record(handle, start._evolve(status=Status.completed), decision)
         self._current.set(handle)
         if decision.action is Action.warn:
             self._warn(decision, start)
@@ -351,9 +360,9 @@ class Guard:
         )
         decision = self._decide(end)
         if decision.action is Action.block or decision.action is Action.approve:
-            self._record(handle, end.replace(status=Status.blocked), decision)
+            self._record(handle, end._evolve(status=Status.blocked), decision)
             raise BlockedError(decision, end)
-        self._close(handle, end.replace(status=Status.completed), decision)
+        self._close(handle, end._evolve(status=Status.completed), decision)
         if decision.action is Action.warn:
             self._warn(decision, end)
 
@@ -372,7 +381,7 @@ class Guard:
         elif error is not None:
             detail = {"message": str(error)[:1000]}
         end = self._marker(StepType.task_error, handle.task_id, properties, meta, output=detail)
-        self._close(handle, end.replace(status=Status.completed), self._decide(end))
+        self._close(handle, end._evolve(status=Status.completed), self._decide(end))
 
     def idle_task(self, *, meta: Mapping[str, Any] | None = None) -> Decision:
         """Record a heartbeat; policies targeting `task.idle` (e.g. a duration cap) may block."""
@@ -380,9 +389,9 @@ class Guard:
         idle = self._marker(StepType.task_idle, handle.task_id, None, meta)
         decision = self._decide(idle)
         if decision.action is Action.block or decision.action is Action.approve:
-            self._record(handle, idle.replace(status=Status.blocked), decision)
+            self._record(handle, idle._evolve(status=Status.blocked), decision)
             raise BlockedError(decision, idle)
-        self._record(handle, idle.replace(status=Status.completed), decision)
+        self._record(handle, idle._evolve(status=Status.completed), decision)
         if decision.action is Action.warn:
             self._warn(decision, idle)
         return decision
@@ -485,6 +494,7 @@ class Guard:
         name: str = step_name or getattr(func, "__name__", None) or "step"
         classify = self.template.resolver(name, declared)
         static_props: Mapping[str, Any] = {}
+        resolved = None
         if isinstance(classify, Classification):
             final_type = declared or classify.step_type or StepType.step_unknown
             agrees = classify.step_type in (None, final_type)
@@ -492,6 +502,9 @@ class Guard:
             if final_verb is None and agrees:
                 final_verb = classify.verb
             check_classification(final_type, final_verb, needs_verb=True, name=name)
+            if final_verb is None and len(valid_verbs(final_type)) == 1:
+                final_verb = valid_verbs(final_type)[0]
+            resolved = (final_type, final_verb)
             if agrees:
                 static_props = classify.properties
         dynamic = None
@@ -530,6 +543,7 @@ class Guard:
             meta=dict(meta or {}),
             names=tuple(names),
             named=frozenset(named),
+            resolved=resolved,
             varargs=varargs,
             varkw=varkw,
             defaults=defaults,
@@ -602,19 +616,6 @@ class Guard:
         arguments = self._arguments(spec, args, kwargs)
         classification = spec.classify
         props = spec.properties
-        step_type = spec.step_type
-        verb = spec.verb
-        if not isinstance(classification, Classification):
-            classification = classification(arguments)
-            step_type = step_type or classification.step_type or StepType.step_unknown
-            if classification.step_type in (None, step_type):
-                props = deep_merge(classification.properties, props)
-                if verb is None:
-                    verb = classification.verb
-        else:
-            step_type = step_type or classification.step_type or StepType.step_unknown
-            if verb is None and classification.step_type in (None, step_type):
-                verb = classification.verb
         if spec.dynamic_properties is not None:
             props = deep_merge(props, spec.dynamic_properties(arguments))
         call_props, call_meta = self._overrides.get()
@@ -622,6 +623,29 @@ class Guard:
             props = deep_merge(props, call_props)
         meta = deep_merge(spec.meta, call_meta) if call_meta else spec.meta
         captured = self._capture(arguments, "input") if spec.capture_input else None
+        if spec.resolved is not None:
+            # Type and verb were resolved and validated at decoration: skip validating again.
+            step_type, verb = spec.resolved
+            return handle, Behavior._trusted(
+                step_type,
+                verb,
+                spec.name,
+                props,
+                captured,
+                meta,
+                self.agent_key,
+                handle.task_id,
+                self.clock(),
+            )
+        # A template rule that reads the arguments: classify this call.
+        classify = cast(Callable[[Mapping[str, Any]], Classification], classification)
+        classification = classify(arguments)
+        step_type = spec.step_type or classification.step_type or StepType.step_unknown
+        verb = spec.verb
+        if classification.step_type in (None, step_type):
+            props = deep_merge(classification.properties, props)
+            if verb is None:
+                verb = classification.verb
         intended = Behavior(
             step_type=step_type,
             verb=verb,
@@ -765,7 +789,7 @@ class Guard:
                 if self.approval_handler is None
                 else "the approval handler refused it"
             )
-            refused = behavior.replace(
+            refused = behavior._evolve(
                 status=Status.blocked, output=None if request.phase == "before" else _WITHHELD
             )
             self._record(handle, refused, request.decision)
@@ -784,7 +808,7 @@ class Guard:
 
     def _enforce(self, handle: _TaskHandle, intended: Behavior, decision: Decision) -> None:
         if decision.action is Action.block:
-            self._record(handle, intended.replace(status=Status.blocked), decision)
+            self._record(handle, intended._evolve(status=Status.blocked), decision)
             raise BlockedError(decision, intended)
         if decision.action is Action.warn:
             self._warn(decision, intended)
@@ -809,7 +833,7 @@ class Guard:
         except CaptureError as exc:
             # The function already ran: keep its step in the trace, then tell the developer.
             failed = {"$capture_error": str(exc)}
-            self._record(handle, intended.replace(status=Status.completed, output=failed), decision)
+            self._record(handle, intended._evolve(status=Status.completed, output=failed), decision)
             raise
         changes: dict[str, Any] = {"status": Status.completed, "output": output}
         if intended.step_type is StepType.step_gate:
@@ -817,7 +841,7 @@ class Guard:
             changes["properties"] = deep_merge(
                 intended.properties, {"guard": {"decision": verdict}}
             )
-        completed = intended.replace(**changes)
+        completed = intended._evolve(**changes)
         if not self.engine.has_output_policies(completed):
             return completed, None
         return completed, self._decide_output(completed)
@@ -830,7 +854,7 @@ class Guard:
         after: Decision | None,
     ) -> None:
         if after is not None and after.action is Action.block:
-            self._record(handle, completed.replace(status=Status.blocked, output=_WITHHELD), after)
+            self._record(handle, completed._evolve(status=Status.blocked, output=_WITHHELD), after)
             raise BlockedError(after, completed)
         self._record(handle, completed, decision if after is None else _merge(decision, after))
         if after is not None and after.action is Action.warn:
@@ -852,7 +876,7 @@ class Guard:
             changes["properties"] = deep_merge(
                 intended.properties, {"guard": {"decision": "denied"}}
             )
-        self._record(handle, intended.replace(**changes), decision)
+        self._record(handle, intended._evolve(**changes), decision)
 
     def _warn(self, decision: Decision, behavior: Behavior | None) -> None:
         what = (

@@ -211,6 +211,49 @@ class Behavior:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    # Internal fast paths for the SDK's hot path, where the tuple is known to be valid.
+    def _evolve(self, **changes: Any) -> Behavior:
+        """A copy with some fields changed, not validated again (status, output, properties,
+        timestamps: fields that cannot make the tuple invalid)."""
+        new = object.__new__(Behavior)
+        setter = object.__setattr__
+        for name in _BEHAVIOR_FIELDS:
+            setter(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
+
+    @classmethod
+    def _trusted(
+        cls,
+        step_type: StepType,
+        verb: Verb | None,
+        step_name: str | None,
+        properties: Mapping[str, Any],
+        input: Any,
+        meta: Mapping[str, Any],
+        agent_key: str | None,
+        task_id: str | None,
+        timestamp: float,
+    ) -> Behavior:
+        """Build without validation a behaviour whose (step_type, verb) was checked earlier."""
+        new = object.__new__(cls)
+        setter = object.__setattr__
+        setter(new, "step_type", step_type)
+        setter(new, "verb", verb)
+        setter(new, "scope", step_type.scope)
+        setter(new, "step_name", step_name)
+        setter(new, "properties", properties)
+        setter(new, "input", input)
+        setter(new, "output", None)
+        setter(new, "meta", meta)
+        setter(new, "agent_key", agent_key)
+        setter(new, "task_id", task_id)
+        setter(new, "seq", None)
+        setter(new, "status", Status.intended)
+        setter(new, "timestamp", timestamp)
+        return new
+
+
+_BEHAVIOR_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Behavior))
 
 _TOP_LEVEL: Final = frozenset(
     {
