@@ -20,7 +20,14 @@ from pathguard.errors import PolicyLoadError, PolicyProblem
 from pathguard.matching import StepMatcher
 from pathguard.policies import Policy, PolicySet, load_policies
 from pathguard.rules._base import REGISTRATION, EvalContext, Fail, Rule
-from pathguard.vocabulary import AgentRegistration, Behavior, RiskClass, StepType
+from pathguard.vocabulary import (
+    AgentRegistration,
+    Behavior,
+    RiskClass,
+    StepType,
+    Verb,
+    valid_verbs,
+)
 
 __all__ = ["PolicyEngine", "TaskSnapshot"]
 
@@ -75,16 +82,28 @@ class _Compiled:
         return self.risks is None or risk is None or risk in self.risks
 
 
+_Key = tuple[StepType, Verb | None]
+
+
+class _Broken:
+    """The state of a monitor whose `observe` raised: every later check of it violates."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class _Bucket:
     """The policies that can target one step type, flattened for the hot loop."""
 
-    __slots__ = ("entries", "ids")
+    __slots__ = ("allow", "entries", "ids")
 
     def __init__(self, compiled: list[_Compiled]) -> None:
         # (extra matcher or None, bound check, slot, per_agent, compiled policy)
         self.entries = tuple(
             (
-                cp.target.matches_without_type if cp.target.needs_more_than_type else None,
+                cp.target.matches_rest if cp.target.needs_rest else None,
                 cp.rule.check,
                 cp.slot,
                 cp.per_agent,
@@ -93,6 +112,8 @@ class _Bucket:
             for cp in compiled
         )
         self.ids = tuple(cp.id for cp in compiled)
+        # Most steps pass every policy: share one immutable decision for that case.
+        self.allow = Decision(action=Action.allow, evaluated=self.ids)
 
 
 class _Plan:
@@ -100,20 +121,30 @@ class _Plan:
 
     __slots__ = ("after", "before", "observers", "registration")
 
-    def __init__(self, compiled: list[_Compiled], registration: list[_Compiled]) -> None:
-        before: dict[StepType, list[_Compiled]] = {}
-        after: dict[StepType, list[_Compiled]] = {}
+    def __init__(
+        self, compiled: list[_Compiled], registration: list[_Compiled], monitors: list[_Compiled]
+    ) -> None:
+        before: dict[_Key, list[_Compiled]] = {}
+        after: dict[_Key, list[_Compiled]] = {}
         observers: dict[StepType, list[tuple[int, Any, bool]]] = {}
-        for cp in compiled:
-            index = after if cp.phase == "after" else before
-            for step_type in cp.target.step_types or StepType:
-                index.setdefault(step_type, []).append(cp)
+        # Every monitor observes, even one whose policy does not apply to this agent now: a
+        # later registration may make it apply, and it must then know the whole path.
+        for cp in monitors:
             if cp.slot >= 0:
                 watched = cp.rule.watches()
                 for step_type in StepType if watched is None else watched:
                     observers.setdefault(step_type, []).append(
                         (cp.slot, cp.rule.observe, cp.per_agent)
                     )
+        for cp in compiled:
+            index = after if cp.phase == "after" else before
+            for step_type in cp.target.step_types or StepType:
+                # Index by (step type, verb) so a policy limited to other verbs costs nothing.
+                verbs: tuple[Verb | None, ...] = valid_verbs(step_type) or (None,)
+                if cp.target.verbs is not None:
+                    verbs = tuple(v for v in verbs if v in cp.target.verbs)
+                for verb in verbs:
+                    index.setdefault((step_type, verb), []).append(cp)
         self.before = {k: _Bucket(v) for k, v in before.items()}
         self.after = {k: _Bucket(v) for k, v in after.items()}
         self.observers = {k: tuple(v) for k, v in observers.items()}
@@ -243,6 +274,7 @@ class PolicyEngine:
             plan = _Plan(
                 [cp for cp in self._step if cp.applies_to(agent_key, risk)],
                 [cp for cp in self._registration if cp.applies_to(agent_key, risk)],
+                self._step,
             )
             self._plans[agent_key] = plan
         return plan
@@ -258,10 +290,10 @@ class PolicyEngine:
 
     def has_output_policies(self, b: Behavior) -> bool:
         """Whether any output-reading policy can target this step (skip the check if not)."""
-        return b.step_type in self._plan(b.agent_key).after
+        return (b.step_type, b.verb) in self._plan(b.agent_key).after
 
-    def _evaluate(self, b: Behavior, index: dict[StepType, _Bucket]) -> Decision:
-        bucket = index.get(b.step_type)
+    def _evaluate(self, b: Behavior, index: dict[_Key, _Bucket]) -> Decision:
+        bucket = index.get((b.step_type, b.verb))
         if bucket is None:
             return _ALLOW
         task = self._tasks.get(b.task_id)
@@ -294,6 +326,8 @@ class PolicyEngine:
             else:
                 state = states[slot]
             try:
+                if state.__class__ is _Broken:
+                    raise state.error
                 fail = check(b, state, ctx)
             except Exception as exc:  # a broken rule must not let a step through silently
                 fail = self._rule_error(cp, exc)
@@ -301,9 +335,11 @@ class PolicyEngine:
                 if violations is None:
                     violations = []
                 violations.append(self._violation(cp, fail))
-        ids = bucket.ids
-        if skipped is not None:
-            ids = tuple(pid for i, pid in enumerate(ids) if i not in skipped)
+        if skipped is None:
+            if violations is None:
+                return bucket.allow
+            return Decision.from_violations(violations, bucket.ids)
+        ids = tuple(pid for i, pid in enumerate(bucket.ids) if i not in skipped)
         if violations is None:
             return Decision(action=Action.allow, evaluated=ids)
         return Decision.from_violations(violations, ids)
@@ -318,12 +354,20 @@ class PolicyEngine:
             states = task.states
             agent_states = None
             for slot, observe, per_agent in observers:
+                holder = states
                 if per_agent:
                     if agent_states is None:
                         agent_states = self._states_of_agent(behavior.agent_key)
-                    agent_states[slot] = observe(agent_states[slot], behavior, position)
-                else:
-                    states[slot] = observe(states[slot], behavior, position)
+                    holder = agent_states
+                state = holder[slot]
+                if state.__class__ is _Broken:
+                    continue
+                try:
+                    holder[slot] = observe(state, behavior, position)
+                except Exception as exc:
+                    # The monitor can no longer be trusted: its policy violates from now on.
+                    logger.warning("a monitor raised while observing: %r", exc)
+                    holder[slot] = _Broken(exc)
         if behavior.step_type is StepType.task_start and task.started_at is None:
             task.started_at = behavior.timestamp
         task.position = position + 1

@@ -23,6 +23,7 @@ __all__ = [
     "OPERATORS",
     "Condition",
     "FieldConditions",
+    "Regex",
     "StepFilter",
     "StepMatcher",
     "compile_condition",
@@ -39,12 +40,74 @@ Predicate = Callable[[Any], bool]
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a bad pattern is reported as a load error, not on stderr
+_RE2_OPTIONS.never_capture = True  # policies only ask "does it match?"
+
+try:  # the compiled RE2 object and its anchors, below google-re2's Python wrapper
+    _ANCHOR = re2._re2.RE2.Anchor
+    _UNANCHORED, _BOTH = _ANCHOR.UNANCHORED, _ANCHOR.ANCHOR_BOTH
+except AttributeError:  # pragma: no cover - a google-re2 without the private module
+    _ANCHOR = None
+
+_CACHE_TEXT = 256
+_CACHE_SIZE = 4096
 
 
-def compile_regex(pattern: str) -> Any:
+class Regex:
+    """An RE2 pattern that answers match / no match, fast.
+
+    google-re2's Python wrapper spends several microseconds per call decoding match offsets
+    that policies never read; this calls the compiled RE2 object directly (still linear
+    time) and memoises answers for short strings, which repeat a lot (step names, hosts).
+    `search` and `fullmatch` return True or None, like a match object or its absence.
+    """
+
+    __slots__ = ("_found", "_match", "_whole", "_wrapped", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._wrapped = re2.compile(pattern, _RE2_OPTIONS)
+        self._match = getattr(self._wrapped, "_regexp", None)
+        self._found: dict[str, bool] = {}
+        self._whole: dict[str, bool] = {}
+
+    def _test(self, text: str, whole: bool) -> bool:
+        if self._match is None or _ANCHOR is None:  # pragma: no cover - fallback
+            found = self._wrapped.fullmatch(text) if whole else self._wrapped.search(text)
+            return found is not None
+        data = text.encode("utf-8", "surrogatepass")
+        spans = self._match.Match(_BOTH if whole else _UNANCHORED, data, 0, len(data))
+        return bool(spans[0][0] >= 0)
+
+    def _remember(self, memo: dict[str, bool], text: str, whole: bool) -> bool:
+        answer = self._test(text, whole)
+        if len(text) <= _CACHE_TEXT:
+            if len(memo) >= _CACHE_SIZE:
+                memo.clear()
+            memo[text] = answer
+        return answer
+
+    def search(self, text: str) -> bool | None:
+        """True when the pattern matches somewhere in `text`, else None."""
+        answer = self._found.get(text)
+        if answer is None:
+            answer = self._remember(self._found, text, False)
+        return True if answer else None
+
+    def fullmatch(self, text: str) -> bool | None:
+        """True when the pattern matches all of `text`, else None."""
+        answer = self._whole.get(text)
+        if answer is None:
+            answer = self._remember(self._whole, text, True)
+        return True if answer else None
+
+    def __repr__(self) -> str:
+        return f"Regex({self.pattern!r})"
+
+
+def compile_regex(pattern: str) -> Regex:
     """Compile a policy pattern on RE2 (linear time); raise ValueError with the RE2 message."""
     try:
-        return re2.compile(pattern, _RE2_OPTIONS)
+        return Regex(pattern)
     except re2.error as exc:
         detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
         raise ValueError(
@@ -79,7 +142,7 @@ def glob_to_regex(glob: str) -> str:
     return "(?s:" + "".join(out) + ")"
 
 
-def compile_globs(globs: Sequence[str]) -> Any:
+def compile_globs(globs: Sequence[str]) -> Regex:
     """One RE2 pattern that fully matches any of the globs (use `.fullmatch`)."""
     return compile_regex("|".join(glob_to_regex(g) for g in globs))
 
@@ -270,7 +333,16 @@ STEP_TYPES: Final = frozenset(t for t in StepType if t.value.startswith("step.")
 class StepMatcher:
     """A compiled StepFilter: `matcher(behavior) -> bool`, plus the step types it can match."""
 
-    __slots__ = ("_name", "_props", "_verbs", "needs_more_than_type", "spec", "step_types")
+    __slots__ = (
+        "_name",
+        "_props",
+        "_verbs",
+        "needs_more_than_type",
+        "needs_rest",
+        "spec",
+        "step_types",
+        "verbs",
+    )
 
     def __init__(
         self, spec: StepFilter | None = None, *, default_types: frozenset[StepType] | None = None
@@ -289,12 +361,22 @@ class StepMatcher:
         self.needs_more_than_type = not (
             self._verbs is None and self._name is None and self._props is None
         )
+        self.needs_rest = not (self._name is None and self._props is None)
+        self.verbs = self._verbs
 
     def __call__(self, b: Behavior) -> bool:
         if self.step_types is not None and b.step_type not in self.step_types:
             return False
         if self._verbs is not None and b.verb not in self._verbs:
             return False
+        if self._name is not None and (
+            b.step_name is None or self._name.fullmatch(b.step_name) is None
+        ):
+            return False
+        return self._props is None or self._props(b)
+
+    def matches_rest(self, b: Behavior) -> bool:
+        """Match the step name and properties (type and verb already checked by an index)."""
         if self._name is not None and (
             b.step_name is None or self._name.fullmatch(b.step_name) is None
         ):

@@ -274,7 +274,8 @@ FIELD_ROOTS: Final = _TOP_LEVEL | _NESTED
 
 def _dig(value: Any, keys: tuple[str, ...]) -> Any:
     for key in keys:
-        if isinstance(value, Mapping):
+        # `type(...) is dict` first: the common case, and much cheaper than an ABC check.
+        if type(value) is dict or isinstance(value, Mapping):
             if key not in value:
                 return ABSENT
             value = value[key]
@@ -315,9 +316,20 @@ def field_getter(path: str) -> Callable[[Any], Any]:
 
         def getter(obj: Any) -> Any:
             value = getattr(obj, attr, None)
-            if isinstance(value, Mapping):
+            if type(value) is dict or isinstance(value, Mapping):
                 return value.get(key, ABSENT)
             return _dig(value, (key,))
+
+    elif len(keys) == 2:
+        first, second = keys
+
+        def getter(obj: Any) -> Any:
+            value = getattr(obj, attr, None)
+            if type(value) is dict:
+                inner = value.get(first, ABSENT)
+                if type(inner) is dict:
+                    return inner.get(second, ABSENT)
+            return _dig(value, keys)
 
     else:
 

@@ -233,6 +233,19 @@ class _DomainRule(Rule):
         self.hosts = _Hosts(params.domains)
         self.field = params.field
         self.get: Callable[[Any], Any] = field_getter(params.field)
+        self._seen: dict[str, tuple[str | None, str | None]] = {}
+
+    def lookup(self, value: str) -> tuple[str | None, str | None]:
+        """(parsed host or None, the listed entry covering it or None), memoised: agents
+        reach the same few hosts again and again."""
+        found = self._seen.get(value)
+        if found is None:
+            host = parse_host(value)
+            found = (host, None if host is None else self.hosts.match(host))
+            if len(self._seen) >= 4096:
+                self._seen.clear()
+            self._seen[value] = found
+        return found
 
 
 @register
@@ -249,13 +262,13 @@ class DomainAllowlist(_DomainRule):
             return Fail(
                 f"{self.field} is absent, so the host cannot be checked", {"field": self.field}
             )
-        host = parse_host(value)
+        host, listed = self.lookup(value) if isinstance(value, str) else (None, None)
         if host is None:
             return Fail(
                 f"{self.field} is not a host that can be read: {show_value(value)}",
                 {"field": self.field},
             )
-        if self.hosts.match(host) is None:
+        if listed is None:
             return Fail(
                 f"the host {host!r} is not in the allowed domains",
                 {"field": self.field, "host": host},
@@ -275,13 +288,12 @@ class DomainDenylist(_DomainRule):
         value = self.get(subject)
         if value is ABSENT or value is None:
             return None
-        host = parse_host(value)
+        host, denied = self.lookup(value) if isinstance(value, str) else (None, None)
         if host is None:
             return Fail(
                 f"{self.field} is not a host that can be read: {show_value(value)}",
                 {"field": self.field},
             )
-        denied = self.hosts.match(host)
         if denied is not None:
             return Fail(
                 f"the host {host!r} is in the denied domain {denied!r}",
@@ -495,10 +507,19 @@ class WorkingHours(Rule):
         hours = range(start, end) if start < end else [*range(start, 24), *range(0, end)]
         self.allowed = frozenset(hours)
         self.window = f"{start:02d}:00-{end:02d}:00 {params.timezone}"
+        self._memo: tuple[int, datetime] | None = None
 
     def check(self, subject: Behavior, state: Any, ctx: EvalContext | None) -> Fail | None:
         now = ctx.now if ctx is not None else subject.timestamp
-        local = datetime.fromtimestamp(now, self.zone)
+        # Steps come in bursts: remember the last minute's local time (offsets change on
+        # minute boundaries at the finest).
+        minute = int(now // 60)
+        memo = self._memo
+        if memo is not None and memo[0] == minute:
+            local = memo[1]
+        else:
+            local = datetime.fromtimestamp(minute * 60, self.zone)
+            self._memo = (minute, local)
         if local.hour not in self.allowed:
             return Fail(
                 f"{local:%H:%M} is outside working hours ({self.window})",

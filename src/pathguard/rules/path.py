@@ -9,6 +9,7 @@ or poisons a rule. The normative meaning of each rule is `docs/reference/semanti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -29,7 +30,7 @@ from pathguard.rules._base import (
     is_satisfying,
     register,
 )
-from pathguard.vocabulary import Behavior, StepType, Verb
+from pathguard.vocabulary import ABSENT, Behavior, Status, StepType, Verb
 
 __all__ = [
     "ConditionalSuccessor",
@@ -420,6 +421,7 @@ class RequiresGate(Rule):
             {"guard.gate_type": params.gate_type, "guard.decision": "approved"},
             prefix="properties.",
         )
+        self.gate_type = params.gate_type
         self.what = f"approved {params.gate_type} gate"
 
     def watches(self) -> frozenset[StepType] | None:
@@ -431,8 +433,17 @@ class RequiresGate(Rule):
     def observe(
         self, state: _GateState | None, entry: Behavior, position: int
     ) -> _GateState | None:
-        if is_satisfying(entry) and entry.step_type is StepType.step_gate and self.approved(entry):
-            return (position, entry.get("properties.guard.approved_input_hash"))
+        # Read the guard group directly: gates are recorded on every approval, and many
+        # policies may watch them.
+        if entry.status is not Status.completed:
+            return state
+        guard = entry.properties.get("guard")
+        if (
+            isinstance(guard, Mapping)
+            and guard.get("decision") == "approved"
+            and guard.get("gate_type") == self.gate_type
+        ):
+            return (position, guard.get("approved_input_hash", ABSENT))
         return state
 
     def check(
