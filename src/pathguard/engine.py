@@ -10,6 +10,7 @@ is kept only as a bounded window (`history_limit`) for explanations and custom r
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -85,6 +86,16 @@ class _Compiled:
 _Key = tuple[StepType, Verb | None]
 
 
+def _monitor_key(policy: Policy, rule: Rule) -> str:
+    """What makes two monitors interchangeable: rule, params, how state is kept, and the
+    policy's target for rules whose state depends on it (`requires_dedicated_prior`)."""
+    params = json.dumps(policy.params, sort_keys=True, default=str)
+    key = f"{policy.rule}|{rule.state_per}|{params}"
+    if rule.state_uses_target or "requires_dedicated_prior" in params:
+        key += "|" + (policy.when.model_dump_json() if policy.when else "")
+    return key
+
+
 class _Broken:
     """The state of a monitor whose `observe` raised: every later check of it violates."""
 
@@ -119,23 +130,25 @@ class _Bucket:
 class _Plan:
     """The policies and monitors that apply to one agent, indexed by step type."""
 
-    __slots__ = ("after", "before", "observers", "registration")
+    __slots__ = ("after", "agent_observers", "before", "observers", "registration")
 
     def __init__(
         self, compiled: list[_Compiled], registration: list[_Compiled], monitors: list[_Compiled]
     ) -> None:
         before: dict[_Key, list[_Compiled]] = {}
         after: dict[_Key, list[_Compiled]] = {}
-        observers: dict[StepType, list[tuple[int, Any, bool]]] = {}
+        observers: dict[StepType, list[tuple[int, Any]]] = {}
+        agent_observers: dict[StepType, list[tuple[int, Any]]] = {}
         # Every monitor observes, even one whose policy does not apply to this agent now: a
         # later registration may make it apply, and it must then know the whole path.
+        seen: set[int] = set()
         for cp in monitors:
-            if cp.slot >= 0:
+            if cp.slot >= 0 and cp.slot not in seen:
+                seen.add(cp.slot)
                 watched = cp.rule.watches()
+                target = agent_observers if cp.per_agent else observers
                 for step_type in StepType if watched is None else watched:
-                    observers.setdefault(step_type, []).append(
-                        (cp.slot, cp.rule.observe, cp.per_agent)
-                    )
+                    target.setdefault(step_type, []).append((cp.slot, cp.rule.observe))
         for cp in compiled:
             index = after if cp.phase == "after" else before
             for step_type in cp.target.step_types or StepType:
@@ -148,15 +161,17 @@ class _Plan:
         self.before = {k: _Bucket(v) for k, v in before.items()}
         self.after = {k: _Bucket(v) for k, v in after.items()}
         self.observers = {k: tuple(v) for k, v in observers.items()}
+        self.agent_observers = {k: tuple(v) for k, v in agent_observers.items()}
         self.registration = tuple(registration)
 
 
 class _Task:
-    __slots__ = ("agent_key", "history", "position", "started_at", "states")
+    __slots__ = ("agent_key", "broken", "history", "position", "started_at", "states")
 
     def __init__(self, agent_key: str | None, states: list[Any], history_limit: int) -> None:
         self.agent_key = agent_key
         self.states = states
+        self.broken = False  # some monitor of this task raised while observing
         self.position = 0
         self.started_at: float | None = None
         self.history: deque[Behavior] = deque(maxlen=history_limit)
@@ -195,6 +210,7 @@ class PolicyEngine:
         self._registration: list[_Compiled] = []
         self._n_slots = 0
         problems: list[PolicyProblem] = []
+        shared: dict[str, int] = {}
         for policy in self.policy_set.policies:
             if not policy.enabled:
                 continue
@@ -207,8 +223,13 @@ class PolicyEngine:
                 continue
             slot = -1
             if rule.stateful and policy.scope != REGISTRATION:
-                slot = self._n_slots
-                self._n_slots += 1
+                # Policies whose monitors are identical (same rule, same params) share one
+                # state and one observer: a common subexpression, computed once per record.
+                key = _monitor_key(policy, rule)
+                slot = shared.get(key, -1)
+                if slot < 0:
+                    slot = shared[key] = self._n_slots
+                    self._n_slots += 1
             compiled = _Compiled(policy, rule, slot)
             (self._registration if policy.scope == REGISTRATION else self._step).append(compiled)
         if problems:
@@ -217,6 +238,7 @@ class PolicyEngine:
         self._plans: dict[str | None, _Plan] = {}
         self._tasks: dict[str | None, _Task] = {}
         self._agent_states: dict[str | None, list[Any]] = {}
+        self._broken_agents: set[str | None] = set()
 
     # -- agents ---------------------------------------------------------------------------
     def evaluate_registration(self, agent: AgentRegistration) -> Decision:
@@ -301,6 +323,7 @@ class PolicyEngine:
             task = _Task(b.agent_key, self._new_states(False), 0)
         states = task.states
         agent_states = None
+        careful = task.broken or b.agent_key in self._broken_agents
         ctx = EvalContext(
             behavior=b,
             position=task.position,
@@ -326,7 +349,7 @@ class PolicyEngine:
             else:
                 state = states[slot]
             try:
-                if state.__class__ is _Broken:
+                if careful and state.__class__ is _Broken:
                     raise state.error
                 fail = check(b, state, ctx)
             except Exception as exc:  # a broken rule must not let a step through silently
@@ -352,27 +375,52 @@ class PolicyEngine:
         observers = plan.observers.get(behavior.step_type)
         if observers:
             states = task.states
-            agent_states = None
-            for slot, observe, per_agent in observers:
-                holder = states
-                if per_agent:
-                    if agent_states is None:
-                        agent_states = self._states_of_agent(behavior.agent_key)
-                    holder = agent_states
-                state = holder[slot]
-                if state.__class__ is _Broken:
-                    continue
-                try:
-                    holder[slot] = observe(state, behavior, position)
-                except Exception as exc:
-                    # The monitor can no longer be trusted: its policy violates from now on.
-                    logger.warning("a monitor raised while observing: %r", exc)
-                    holder[slot] = _Broken(exc)
+            if task.broken:
+                task.broken = self._observe_carefully(states, observers, behavior, position)
+            else:
+                for slot, observe in observers:
+                    try:
+                        states[slot] = observe(states[slot], behavior, position)
+                    except Exception as exc:
+                        states[slot] = self._broken(exc)
+                        task.broken = True
+        observers = plan.agent_observers.get(behavior.step_type)
+        if observers:
+            states = self._states_of_agent(behavior.agent_key)
+            if self._observe_carefully(states, observers, behavior, position):
+                self._broken_agents.add(behavior.agent_key)
         if behavior.step_type is StepType.task_start and task.started_at is None:
             task.started_at = behavior.timestamp
         task.position = position + 1
         if self.history_limit:
             task.history.append(behavior)
+
+    def _observe_carefully(
+        self,
+        states: list[Any],
+        observers: tuple[tuple[int, Any], ...],
+        behavior: Behavior,
+        position: int,
+    ) -> bool:
+        """Observe, leaving broken monitors broken; True if any monitor is broken after."""
+        broken = False
+        for slot, observe in observers:
+            state = states[slot]
+            if state.__class__ is _Broken:
+                broken = True
+                continue
+            try:
+                states[slot] = observe(state, behavior, position)
+            except Exception as exc:
+                states[slot] = self._broken(exc)
+                broken = True
+        return broken
+
+    @staticmethod
+    def _broken(exc: Exception) -> _Broken:
+        # The monitor can no longer be trusted: its policy violates from now on.
+        logger.warning("a monitor raised while observing: %r", exc)
+        return _Broken(exc)
 
     def explain(self, intended: Behavior) -> str:
         """Evaluate and return one line per policy that targeted the step."""

@@ -142,6 +142,9 @@ class Rule:
     state_per: Literal["task", "agent"] = "task"
     # "before": checked before the step runs; "after": reads the output, checked after.
     phase: Literal["before", "after"] = "before"
+    # Identical monitors (same name and params) share one state unless their state depends
+    # on the policy's target (`ctx.target`); such a rule sets this to True.
+    state_uses_target: bool = False
 
     def __init__(self, params: BaseModel, ctx: CompileContext) -> None:
         self.params = params

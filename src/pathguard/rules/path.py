@@ -350,6 +350,7 @@ class RequiresDedicatedPrior(Rule):
         self.match = StepMatcher(params.as_filter())
         self.what = describe_filter(params.as_filter())
         self.target = ctx.target
+        self.state_uses_target = True
         # Only step entries consume a prior, so task markers never need watching for that.
         target_types = ctx.target.step_types
         self.target_types = STEP_TYPES if target_types is None else target_types & STEP_TYPES
