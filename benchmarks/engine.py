@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -347,11 +348,10 @@ def fill_to(specs: Sequence[Spec], count: int) -> list[Spec]:
 
 # -- timing -----------------------------------------------------------------------------------
 
-Clock = Callable[[], int]
-CLOCKS: tuple[tuple[str, Clock], ...] = (
-    ("wall", time.perf_counter_ns),
-    ("cpu", time.thread_time_ns),
-)
+# Each timed call is read with both clocks, wall outside and the thread's CPU time inside, so
+# the two figures describe the same calls; what reading the clocks costs is subtracted.
+WALL, CPU = time.perf_counter_ns, time.thread_time_ns
+Samples = tuple[list[int], list[int]]  # (wall, cpu) in ns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,6 +365,7 @@ class Config:
     memory_tasks: int
     peer_memory_tasks: int
     guard_calls_per_task: int
+    floor: tuple[float, float] = (0.0, 0.0)  # timer cost (wall, CPU) in µs, subtracted
 
     @classmethod
     def make(cls, quick: bool) -> Config:
@@ -380,6 +381,14 @@ class Stats:
     cpu: tuple[float, float]
     evaluated: float | None = None
 
+    @classmethod
+    def of(cls, samples: Samples, cfg: Config, evaluated: float | None = None) -> Stats:
+        """p50 and p99 of both clocks, less the cost of reading the clocks."""
+        (w50, w99), (c50, c99) = summary(samples[0]), summary(samples[1])
+        fw, fc = cfg.floor
+        wall, cpu = (max(0.0, w50 - fw), w99 - fw), (max(0.0, c50 - fc), c99 - fc)
+        return cls(len(samples[0]), wall, cpu, evaluated)
+
 
 def summary(samples: Sequence[int]) -> tuple[float, float]:
     """Nearest-rank p50 and p99 of nanosecond samples, in µs."""
@@ -392,13 +401,16 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def timer_floor(clock: Clock) -> float:
-    """p50 of two back-to-back reads of a clock: the cost of timing an empty call (µs)."""
-    samples = []
-    for _ in range(20_000):
-        t0 = clock()
-        samples.append(clock() - t0)
-    return summary(samples)[0]
+def timer_floor() -> tuple[float, float]:
+    """p50 wall and CPU time of timing an empty call the way every call is timed (µs)."""
+    wall, cpu = [0] * 20_000, [0] * 20_000
+    for i in range(20_000):
+        w0 = WALL()
+        c0 = CPU()
+        c1 = CPU()
+        w1 = WALL()
+        wall[i], cpu[i] = w1 - w0, c1 - c0
+    return summary(wall)[0], summary(cpu)[0]
 
 
 def iterations(per_call_ns: float, cfg: Config) -> int:
@@ -439,52 +451,70 @@ class Task:
         self.side.close_task(self.id)
 
 
-def time_evaluate(task: Task, n: int, clock: Clock) -> list[int]:
+def time_evaluate(task: Task, n: int) -> Samples:
     evaluate, intended, k = task.evaluate, task.intended, len(task.intended)
-    out = [0] * n
+    wall, cpu = [0] * n, [0] * n
     gc.disable()
     try:
         for i in range(n):
             b = intended[i % k]
-            t0 = clock()
+            w0 = WALL()
+            c0 = CPU()
             evaluate(b)
-            out[i] = clock() - t0
+            c1 = CPU()
+            w1 = WALL()
+            wall[i], cpu[i] = w1 - w0, c1 - c0
     finally:
         gc.enable()
-    return out
+    return wall, cpu
 
 
-def time_evaluate_record(task: Task, n: int, clock: Clock) -> list[int]:
+def time_evaluate_record(task: Task, n: int) -> Samples:
     evaluate, record, k = task.evaluate, task.record, len(task.intended)
     intended, completed = task.intended, task.completed
-    out = [0] * n
+    wall, cpu = [0] * n, [0] * n
     gc.disable()
     try:
         for i in range(n):
             b, c = intended[i % k], completed[i % k]
-            t0 = clock()
+            w0 = WALL()
+            c0 = CPU()
             evaluate(b)
             record(c)
-            out[i] = clock() - t0
+            c1 = CPU()
+            w1 = WALL()
+            wall[i], cpu[i] = w1 - w0, c1 - c0
     finally:
         gc.enable()
-    return out
+    return wall, cpu
 
 
-def measure_evaluate(side: Any, history: int, cfg: Config) -> Stats:
-    task = Task(side, history)
+def measure_evaluate(side: Any, histories: Sequence[int], cfg: Config) -> list[Stats]:
+    """`evaluate` on one task per history length, timed in interleaved batches so that every
+    history length sees the same machine conditions (the growth target compares them)."""
+    tasks = [Task(side, history) for history in histories]
     try:
-        decisions = [task.evaluate(b) for b in task.intended]
-        evaluated = sum(side.evaluated(d) for d in decisions) / len(decisions)
-        n = iterations(probe(lambda: [task.evaluate(b) for b in task.intended]) / 4, cfg)
-        time_evaluate(task, min(n, 200), time.perf_counter_ns)  # warm-up
-        results = {}
-        for name, clock in CLOCKS:
-            gc.collect()
-            results[name] = summary(time_evaluate(task, n, clock))
+        evaluated: list[float] = []
+        sizes: list[int] = []
+        for task in tasks:
+            decisions = [task.evaluate(b) for b in task.intended]
+            evaluated.append(sum(side.evaluated(d) for d in decisions) / len(decisions))
+            k = len(task.intended)
+            per_call = probe(functools.partial(time_evaluate, task, k)) / k
+            sizes.append(iterations(per_call, cfg))
+            time_evaluate(task, min(sizes[-1], 200))  # warm-up
+        rounds = 10
+        samples: list[Samples] = [([], []) for _ in tasks]
+        gc.collect()
+        for r in range(rounds):
+            for task, n, (wall, cpu) in zip(tasks, sizes, samples, strict=True):
+                w, c = time_evaluate(task, n * (r + 1) // rounds - n * r // rounds)
+                wall += w
+                cpu += c
+        return [Stats.of(x, cfg, e) for x, e in zip(samples, evaluated, strict=True)]
     finally:
-        task.close()
-    return Stats(n, results["wall"], results["cpu"], evaluated)
+        for task in tasks:
+            task.close()
 
 
 def measure_evaluate_record(side: Any, history: int, cfg: Config) -> Stats:
@@ -492,19 +522,19 @@ def measure_evaluate_record(side: Any, history: int, cfg: Config) -> Stats:
     # holding the scenario's history: it never grows by more than a tenth (or 5 steps).
     per_round = max(5, history // 10)
     warm = Task(side, history)
-    n = iterations(probe(lambda: time_evaluate_record(warm, 1, time.perf_counter_ns)), cfg)
-    time_evaluate_record(warm, per_round, time.perf_counter_ns)
+    n = iterations(probe(lambda: time_evaluate_record(warm, 1)), cfg)
+    time_evaluate_record(warm, per_round)
     warm.close()
-    results = {}
-    for name, clock in CLOCKS:
-        gc.collect()
-        samples: list[int] = []
-        while len(samples) < n:
-            task = Task(side, history)
-            samples += time_evaluate_record(task, min(per_round, n - len(samples)), clock)
-            task.close()
-        results[name] = summary(samples)
-    return Stats(n, results["wall"], results["cpu"])
+    gc.collect()
+    wall: list[int] = []
+    cpu: list[int] = []
+    while len(wall) < n:
+        task = Task(side, history)
+        w, c = time_evaluate_record(task, min(per_round, n - len(wall)))
+        task.close()
+        wall += w
+        cpu += c
+    return Stats.of((wall, cpu), cfg)
 
 
 def check_agreement(sides: Mapping[str, Any], specs: Sequence[Spec], history: int) -> list[str]:
@@ -541,7 +571,7 @@ def measure_guard(specs: Sequence[Spec], cfg: Config) -> tuple[dict[str, Stats],
     def approve(text: str) -> bool:
         return True
 
-    plain = {name: summary(_time_plain(chat, 20 * cfg.n_min, clock)) for name, clock in CLOCKS}
+    plain = Stats.of(_time_plain(chat, 20 * cfg.n_min), cfg)
     out: dict[str, Stats] = {}
     for label, sinks in (("no trace sink", 0), ("MemorySink (hash-chained trace)", 1)):
         try:
@@ -561,58 +591,60 @@ def measure_guard(specs: Sequence[Spec], cfg: Config) -> tuple[dict[str, Stats],
                 StepType.step_model, Verb.POST, properties={"usage": {"cost_usd": 0.0004}}
             )(chat)
             gate = guard.step(StepType.step_gate)(approve)
-            first = _time_guard(guard, governed, gate, 20, 20, time.perf_counter_ns)
+            first = _time_guard(guard, governed, gate, 20, 20)
         except Exception as exc:  # a benchmark row, not library code: say what went wrong
             return out, f"not measured: {type(exc).__name__}: {exc}"
-        n = iterations(summary(first)[0] * 1000, cfg)
-        stats = {}
-        for name, clock in CLOCKS:
-            p50, p99 = summary(
-                _time_guard(guard, governed, gate, n, cfg.guard_calls_per_task, clock)
-            )
-            stats[name] = (p50 - plain[name][0], p99 - plain[name][1])
-        out[label] = Stats(n, stats["wall"], stats["cpu"])
+        n = iterations(summary(first[0])[0] * 1000, cfg)
+        timed = Stats.of(_time_guard(guard, governed, gate, n, cfg.guard_calls_per_task), cfg)
+        out[label] = Stats(
+            n,
+            (timed.wall[0] - plain.wall[0], timed.wall[1] - plain.wall[1]),
+            (timed.cpu[0] - plain.cpu[0], timed.cpu[1] - plain.cpu[1]),
+        )
     return out, ""
 
 
-def _time_plain(fn: Callable[[str], Any], n: int, clock: Clock) -> list[int]:
-    out = [0] * n
+def _time_plain(fn: Callable[[str], Any], n: int) -> Samples:
+    wall, cpu = [0] * n, [0] * n
     gc.collect()
     gc.disable()
     try:
         for i in range(n):
-            t0 = clock()
+            w0 = WALL()
+            c0 = CPU()
             fn("hi")
-            out[i] = clock() - t0
+            c1 = CPU()
+            w1 = WALL()
+            wall[i], cpu[i] = w1 - w0, c1 - c0
     finally:
         gc.enable()
-    return out
+    return wall, cpu
 
 
 def _time_guard(
-    guard: Any,
-    chat: Callable[[str], Any],
-    gate: Callable[[str], Any],
-    n: int,
-    per_task: int,
-    clock: Clock,
-) -> list[int]:
+    guard: Any, chat: Callable[[str], Any], gate: Callable[[str], Any], n: int, per_task: int
+) -> Samples:
     """Time governed `chat` calls in tasks of `per_task` calls, each after an untimed approval
     gate: a realistic path, and one that no policy of the mix refuses."""
-    out: list[int] = []
+    wall: list[int] = []
+    cpu: list[int] = []
     gc.collect()
-    while len(out) < n:
+    while len(wall) < n:
         gc.disable()
         try:
             with guard.task():
-                for _ in range(min(per_task, n - len(out))):
+                for _ in range(min(per_task, n - len(wall))):
                     gate("ok")
-                    t0 = clock()
+                    w0 = WALL()
+                    c0 = CPU()
                     chat("hi")
-                    out.append(clock() - t0)
+                    c1 = CPU()
+                    w1 = WALL()
+                    wall.append(w1 - w0)
+                    cpu.append(c1 - c0)
         finally:
             gc.enable()
-    return out
+    return wall, cpu
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -649,6 +681,7 @@ def memory_per_task(side: Any, specs: Sequence[Spec], steps: int, tasks: int) ->
 def us(value: float | None) -> str:
     if value is None:
         return "—"
+    value = float(f"{value:.3g}")  # three significant figures, then pick the format
     for limit, text in ((1000, f"{value:,.0f}"), (100, f"{value:.0f}"), (10, f"{value:.1f}")):
         if value >= limit:
             return text
@@ -722,13 +755,12 @@ def render(res: Results, markdown: bool) -> str:
         f"{e1:.2f}, {e5:.2f} at the end",
         f"python: {platform.python_implementation()} {platform.python_version()}; "
         f"pathguard {pathguard.__version__}; peer: {res.peer_text}",
-        "method: each call timed on its own; wall = time.perf_counter_ns, CPU = "
-        "time.thread_time_ns (the calling thread only, so time lost to other processes is not "
-        "in it); garbage collector disabled during timed loops (gc.disable, with a full "
-        "gc.collect before each timed pass); warm-up calls before timing",
-        "timer floor (two back-to-back reads, p50, included in every figure): "
-        f"wall {timer_floor(time.perf_counter_ns):.3f} µs, "
-        f"CPU {timer_floor(time.thread_time_ns):.3f} µs",
+        "method: each call timed on its own with two clocks, wall (time.perf_counter_ns) "
+        "around CPU (time.thread_time_ns: the calling thread only, so time the thread spends "
+        "descheduled is not in it); garbage collector disabled during timed loops "
+        "(gc.disable, with a full gc.collect before each timed pass); warm-up calls first",
+        "timer floor (p50 of timing an empty call, subtracted from every figure): "
+        f"wall {cfg.floor[0]:.2f} µs, CPU {cfg.floor[1]:.2f} µs",
         "evaluated steps, in turn: "
         + ", ".join(f"{s.step_type} {s.verb} {s.name}" for s in ROTATION),
         "evaluate + record: timed together, on tasks holding the scenario's history, in rounds "
@@ -904,8 +936,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--no-peer", action="store_true", help="measure pathguard only")
     args = parser.parse_args(argv)
-    cfg = Config.make(args.quick)
     load = [os.getloadavg()]
+    cfg = dataclasses.replace(Config.make(args.quick), floor=timer_floor())
 
     specs, missing = usable_specs([s for s in all_specs() if s.kind in peer.KINDS])
     full, ten = fill_to(specs, POLICY_COUNT), fill_to(specs, 10)
@@ -928,16 +960,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     latency: dict[tuple[str, str, str], Stats] = {}
     disagreements: list[str] = []
-    for label, policy_specs, history in scenarios:
+    # Scenarios that share a policy set are measured together (interleaved evaluate batches).
+    groups = [[scenarios[0]], [scenarios[1]], list(scenarios[2:])]
+    for group in groups:
+        policy_specs = group[0][1]
         for key, side in sides.items():
             side.load(policy_specs)
-            log(f"{side.label}: {label}")
-            latency[(label, "evaluate", key)] = measure_evaluate(side, history, cfg)
-            latency[(label, "evaluate + record", key)] = measure_evaluate_record(side, history, cfg)
+            log(f"{side.label}: {', '.join(label for label, _, _ in group)}")
+            stats = measure_evaluate(side, [history for _, _, history in group], cfg)
+            for (label, _, history), evaluate_stats in zip(group, stats, strict=True):
+                latency[(label, "evaluate", key)] = evaluate_stats
+                latency[(label, "evaluate + record", key)] = measure_evaluate_record(
+                    side, history, cfg
+                )
         if use_peer:
-            disagreements += [
-                f"{label}, {d}" for d in check_agreement(sides, policy_specs, history)
-            ]
+            for label, _, history in group:
+                disagreements += [
+                    f"{label}, {d}" for d in check_agreement(sides, policy_specs, history)
+                ]
 
     log("pathguard: @guard.step")
     guard, guard_note = measure_guard(full, cfg)

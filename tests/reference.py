@@ -12,16 +12,26 @@ Each rule function answers one question, "is the policy violated?", from a `Scen
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import re2
 
-from pathguard.decisions import Action, Effect, Mode
+from pathguard import (
+    ABSENT,
+    Action,
+    AgentRegistration,
+    Behavior,
+    Effect,
+    Mode,
+    Policy,
+    PolicySet,
+    Status,
+    StepType,
+    canonical_hash,
+)
 from pathguard.matching import FieldConditions, StepFilter, StepMatcher, filter_from
-from pathguard.policies import Policy, PolicySet
-from pathguard.rules._base import canonical_hash
-from pathguard.vocabulary import ABSENT, AgentRegistration, Behavior, Status, StepType
 
 __all__ = [
     "REFERENCE_RULES",
@@ -80,7 +90,8 @@ def _is_step_entry(b: Behavior) -> bool:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A budget contribution: booleans, NaN and non-numbers count as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         return 0.0
     return float(value)
 
@@ -119,7 +130,7 @@ def _field_matches_regex(p: Mapping[str, Any], s: Scene) -> bool:
 def _field_max_length(p: Mapping[str, Any], s: Scene) -> bool:
     v = s.current.get(p["field"])
     if isinstance(v, str | list | tuple | Mapping):
-        return len(v) > p["max"]
+        return len(v) > int(p["max"])
     return False
 
 
@@ -200,8 +211,13 @@ def _requires_gate(p: Mapping[str, Any], s: Scene) -> bool:
     if not gates:
         return True
     if p.get("bind_to_input", False):
+        # Not in semantics.md yet, documented in docs/reference/guard.md: an input of None
+        # means the step was not captured (capture_input=False), so nothing can be bound.
+        if s.current.input is None:
+            return True
         latest = s.history[gates[-1]]
-        return latest.get("properties.guard.approved_input_hash") != canonical_hash(s.current.input)
+        approved = latest.get("properties.guard.approved_input_hash")
+        return bool(approved != canonical_hash(s.current.input))
     return False
 
 
@@ -267,7 +283,7 @@ def _max_steps(p: Mapping[str, Any], s: Scene) -> bool:
     sat, counted = _satisfying(p), _counted(p)
     if not counted(s.current):
         return False
-    return sum(1 for e in s.history if sat(e) and counted(e)) + 1 > p["max"]
+    return sum(1 for e in s.history if sat(e) and counted(e)) + 1 > int(p["max"])
 
 
 def _max_consecutive(p: Mapping[str, Any], s: Scene) -> bool:
@@ -281,7 +297,7 @@ def _max_consecutive(p: Mapping[str, Any], s: Scene) -> bool:
         if not counted(e):
             break
         run += 1
-    return run + 1 > p["max"]
+    return run + 1 > int(p["max"])
 
 
 def _budget(p: Mapping[str, Any], s: Scene) -> bool:
@@ -290,7 +306,7 @@ def _budget(p: Mapping[str, Any], s: Scene) -> bool:
         return False
     path = "properties." + p["property"]
     spent = sum(_number(e.get(path)) for e in s.history if sat(e) and counted(e))
-    return spent + _number(s.current.get(path)) > p["max"]
+    return spent + _number(s.current.get(path)) > float(p["max"])
 
 
 def _rate_limit(p: Mapping[str, Any], s: Scene) -> bool:
@@ -300,7 +316,7 @@ def _rate_limit(p: Mapping[str, Any], s: Scene) -> bool:
     entries = s.agent_history if p.get("per", "task") == "agent" else s.history
     since = s.current.timestamp - p["window_seconds"]
     recent = sum(1 for e in entries if sat(e) and counted(e) and e.timestamp > since)
-    return recent + 1 > p["max"]
+    return recent + 1 > int(p["max"])
 
 
 def _max_task_duration(p: Mapping[str, Any], s: Scene) -> bool:

@@ -1,7 +1,7 @@
 """The engine's incremental monitors decide exactly like the naive reference evaluator.
 
-Random policy sets (drawn from every built-in path, counting, logic and simple field rule
-that is registered) run over random paths: before each step is recorded, the engine's
+Random policy sets (drawn from every built-in path, counting and logic rule, and the simple
+field rules) run over random paths: before each step is recorded, the engine's
 decision must equal the one `tests/reference.py` reaches by rescanning the full history.
 """
 
@@ -13,10 +13,18 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pathguard.engine import PolicyEngine
-from pathguard.policies import PolicySet
-from pathguard.rules._base import canonical_hash, get_rule, rule_names
-from pathguard.vocabulary import AgentRegistration, Behavior, Status, StepType
+from pathguard import (
+    AgentRegistration,
+    Behavior,
+    PolicyEngine,
+    PolicySet,
+    RiskClass,
+    Status,
+    StepType,
+    canonical_hash,
+    rule_names,
+)
+from pathguard.rules import get_rule
 from reference import REFERENCE_RULES, naive_decision, naive_targeted
 
 AGENT = "bot"
@@ -38,6 +46,7 @@ ENTRY_CONDITIONS: list[dict[str, Any]] = [
     {"output": {"status": "ok"}},
     {"properties.target.trust": "untrusted"},
     {"step_name": {"matches": "^db_"}},
+    {"output.status": {"ne": "ok"}},  # absent outputs (task markers included) meet it
     {},
 ]
 
@@ -55,13 +64,14 @@ PATH_RULES = [
     "conditional_successor",
 ]
 COUNTING_RULES = ["max_steps", "max_consecutive", "budget", "rate_limit", "max_task_duration"]
-FIELD_RULES = ["field_not_empty", "field_in_list", "field_matches_regex", "field_max_length"]
+FIELD_RULES = [
+    "field_not_empty",
+    "field_in_list",
+    "field_matches_regex",
+    "field_max_length",
+    "forbidden_for_classification",
+]
 LOGIC_RULES = ["all_of", "any_of", "not"]
-
-
-def _registered(names: list[str]) -> list[str]:
-    known = set(rule_names())
-    return [n for n in names if n in known]
 
 
 # -- policies -----------------------------------------------------------------------------
@@ -100,12 +110,27 @@ def _counting_filter(draw: st.DrawFn) -> dict[str, Any]:
     return _maybe(draw, "filter", filter_fields(need_type=False))
 
 
+def _per(draw: st.DrawFn, depth: int) -> dict[str, Any]:
+    # A combinator keeps one state for all its children, so the loader refuses per-agent
+    # children there.
+    per = draw(st.sampled_from(["agent", "task", None] if depth == 0 else ["task", None]))
+    return {} if per is None else {"per": per}
+
+
 @st.composite
-def rule_specs(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
-    """One `{rule, params}` spec for a registered rule, with small random params."""
-    leaves = _registered(PATH_RULES + COUNTING_RULES + FIELD_RULES)
-    logic = _registered(LOGIC_RULES) if depth < 2 else []
-    name = draw(st.sampled_from(leaves + logic if draw(st.integers(0, 5)) == 0 else leaves))
+def rule_specs(
+    draw: st.DrawFn, depth: int = 0, focus: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """One `{rule, params}` spec for a registered rule, with small random params.
+
+    With `focus`, top-level rules are drawn from those names only (children stay free).
+    """
+    leaves = PATH_RULES + COUNTING_RULES + FIELD_RULES
+    logic = LOGIC_RULES if depth < 2 else []
+    if focus and depth == 0:
+        name = draw(st.sampled_from(focus))
+    else:
+        name = draw(st.sampled_from(leaves + logic if draw(st.integers(0, 3)) == 0 else leaves))
     p: dict[str, Any] = {}
     if name in (
         "history_contains",
@@ -152,26 +177,25 @@ def rule_specs(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
         if which in ("forbidden", "both"):
             p["forbidden"] = draw(filter_values())
     elif name in ("max_steps", "max_consecutive"):
-        p = {"max": draw(st.integers(1, 6)), **_counting_filter(draw), **_attempts(draw)}
+        least = 0 if name == "max_steps" else 1
+        p = {"max": draw(st.integers(least, 6)), **_counting_filter(draw), **_attempts(draw)}
     elif name == "budget":
         p = {
             "property": "usage.cost_usd",
-            "max": draw(st.sampled_from([0, 1, 2.5, 4, 10])),
+            "max": draw(st.sampled_from([0, 1, 2.5, 4, 10, 25])),
             **_counting_filter(draw),
             **_attempts(draw),
         }
     elif name == "rate_limit":
         p = {
             "max": draw(st.integers(1, 4)),
-            "window_seconds": draw(st.integers(1, 60)),
+            "window_seconds": draw(st.sampled_from([1, 2, 5, 10, 30, 60, 0.5, 2.5])),
             **_counting_filter(draw),
-            # A combinator keeps one state for all its children, so the loader refuses
-            # per-agent children there.
-            **_maybe(draw, "per", st.sampled_from(["task", "agent"] if depth == 0 else ["task"])),
+            **_per(draw, depth),
             **_attempts(draw),
         }
     elif name == "max_task_duration":
-        p = {"seconds": draw(st.integers(5, 300))}
+        p = {"seconds": draw(st.sampled_from([5, 30, 60, 120, 300, 0.5]))}
     elif name == "field_not_empty":
         p = {
             "field": draw(
@@ -195,6 +219,8 @@ def rule_specs(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
             ),
             "max": draw(st.integers(0, 7)),
         }
+    elif name == "forbidden_for_classification":
+        p = {"classes": draw(st.sampled_from([["pii"], ["secret", "pii"], ["internal"]]))}
     elif name in ("all_of", "any_of"):
         p = {"rules": draw(st.lists(rule_specs(depth + 1), min_size=1, max_size=3))}
     elif name == "not":
@@ -222,9 +248,15 @@ def when_clauses(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def policy_sets(draw: st.DrawFn) -> PolicySet:
+    # Half the sets draw every policy from one to three rules, so that each rule meets many
+    # parameter combinations on the same path.
+    focus = None
+    if draw(st.booleans()):
+        names = PATH_RULES + COUNTING_RULES + FIELD_RULES + LOGIC_RULES
+        focus = tuple(draw(st.lists(st.sampled_from(names), min_size=1, max_size=3)))
     policies = []
     for i in range(draw(st.integers(1, 12))):
-        spec = draw(rule_specs())
+        spec = draw(rule_specs(focus=focus))
         policy: dict[str, Any] = {"id": f"p{i}", **spec, **draw(when_clauses())}
         policy["effect"] = draw(st.sampled_from(["block", "approve", "warn"]))
         policy["severity"] = draw(st.sampled_from(["low", "medium", "high", "critical"]))
@@ -245,20 +277,21 @@ registrations = st.sampled_from(
             name="Bot",
             purpose="testing",
             tools=("chat",),
-            risk_classification="limited",
+            risk_classification=RiskClass.limited,
         ),
     ]
 )
 
 
 # -- paths --------------------------------------------------------------------------------
-# A path is drawn as a flat list of small integers per step and built in plain Python:
-# one list draw per path keeps generation cheap and shrinks towards the first choices.
+# A path is drawn as one list of small-integer tuples (one per step) and built in plain
+# Python, which keeps generation cheap next to the replay itself.
 
 KINDS: list[tuple[StepType, list[str | None], list[str | None]]] = [
     (StepType.step_resource, ["GET", "POST", "PATCH", "DELETE"], ["db_read", "db_write", "fetch"]),
     (StepType.step_exec, [None], ["run", "db_migrate"]),
     (StepType.step_gate, [None], ["approve"]),
+    (StepType.step_gate, [None], ["review"]),  # gates twice as often: many rules read them
     (StepType.step_model, ["POST"], ["chat"]),
     (StepType.step_message, ["GET", "POST"], ["send_email", "inbox"]),
     (StepType.step_credential, ["GET"], ["vault"]),
@@ -268,7 +301,7 @@ KINDS: list[tuple[StepType, list[str | None], list[str | None]]] = [
 ]
 TRUST: list[str | None] = [None, "untrusted", "trusted"]
 CLASSES: list[Any] = [None, "pii", "public", "secret", ["public", "pii"], []]
-COSTS: list[Any] = [None, 1, 0, 2.5, 0.5, True, "3", "absent"]
+COSTS: list[Any] = [None, 1, 0, 2.5, 0.5, True, "3", "absent", -1, float("nan")]
 GATE_TYPES = ["human_approval", "guardrail"]
 DECISIONS = ["approved", "denied"]
 HASHES: list[str | None] = [*INPUT_HASHES, None, "sha256:0"]
@@ -528,7 +561,7 @@ _SETTINGS = settings(
 )
 
 
-@settings(_SETTINGS, max_examples=120)
+@settings(_SETTINGS, max_examples=200)
 @given(policies=policy_sets(), path=paths(), reg=registrations, limit=history_limits)
 def test_engine_decides_like_the_reference_on_one_task(
     policies: PolicySet, path: list[Behavior], reg: AgentRegistration | None, limit: int
@@ -536,7 +569,7 @@ def test_engine_decides_like_the_reference_on_one_task(
     _check_equivalence(Case(policies, path, reg, limit))
 
 
-@settings(_SETTINGS, max_examples=60)
+@settings(_SETTINGS, max_examples=100)
 @given(policies=policy_sets(), path=paths(tasks=3), reg=registrations, limit=history_limits)
 def test_engine_decides_like_the_reference_on_interleaved_tasks_of_one_agent(
     policies: PolicySet, path: list[Behavior], reg: AgentRegistration | None, limit: int
@@ -544,7 +577,7 @@ def test_engine_decides_like_the_reference_on_interleaved_tasks_of_one_agent(
     _check_equivalence(Case(policies, path, reg, limit))
 
 
-@settings(_SETTINGS, max_examples=60)
+@settings(_SETTINGS, max_examples=100)
 @given(
     policies=policy_sets(),
     path=paths(tasks=3, agents=2, backwards=True),
@@ -557,9 +590,10 @@ def test_engine_decides_like_the_reference_across_agents_with_unordered_clocks(
     _check_equivalence(Case(policies, path, reg, limit))
 
 
-def test_the_reference_covers_every_registered_path_counting_and_logic_rule() -> None:
-    """A new built-in history rule must get a reference implementation before it ships."""
+def test_every_history_rule_has_a_reference_and_takes_part_in_the_random_runs() -> None:
+    """A new built-in path, counting or logic rule needs a reference and a params strategy."""
+    generated = set(PATH_RULES + COUNTING_RULES + FIELD_RULES + LOGIC_RULES)
+    assert generated <= set(REFERENCE_RULES)
     for name in rule_names():
-        module = get_rule(name).__module__
-        if module.rsplit(".", 1)[-1] in ("path", "counting", "logic"):
-            assert name in REFERENCE_RULES, f"{name} has no reference implementation"
+        if get_rule(name).__module__.rsplit(".", 1)[-1] in ("path", "counting", "logic"):
+            assert name in generated, f"{name} is missing from the random policy sets"
