@@ -290,6 +290,7 @@ def _dig(value: Any, keys: tuple[str, ...]) -> Any:
 
 
 _GETTERS: dict[str, Callable[[Any], Any]] = {}
+_ENUM_ATTRS: Final = frozenset({"step_type", "verb", "scope", "status", "risk_classification"})
 
 
 def field_getter(path: str) -> Callable[[Any], Any]:
@@ -309,8 +310,12 @@ def field_getter(path: str) -> Callable[[Any], Any]:
         value = getattr(obj, attr, ABSENT)
         return value.value if isinstance(value, Enum) else value
 
+    def read_plain_attr(obj: Any) -> Any:
+        return getattr(obj, attr, ABSENT)
+
     if not keys:
-        getter = read_attr
+        # Only these attributes hold enums; the others can be read as they are.
+        getter = read_attr if attr in _ENUM_ATTRS else read_plain_attr
     elif len(keys) == 1:
         key = keys[0]
 

@@ -50,13 +50,27 @@ class NoParams(BaseModel):
 
 
 class Fail:
-    """A rule's verdict that its policy is violated: a one-line reason and optional details."""
+    """A rule's verdict that its policy is violated: a one-line reason and optional details.
 
-    __slots__ = ("details", "reason")
+    `reason` may be given as a function returning the text: it is called only when the
+    reason is read, which saves formatting a sentence that a combinator (`not`, `any_of`)
+    throws away.
+    """
 
-    def __init__(self, reason: str, details: Mapping[str, Any] | None = None) -> None:
-        self.reason = reason
+    __slots__ = ("_reason", "details")
+
+    def __init__(
+        self, reason: str | Callable[[], str], details: Mapping[str, Any] | None = None
+    ) -> None:
+        self._reason = reason
         self.details: Mapping[str, Any] = details or {}
+
+    @property
+    def reason(self) -> str:
+        reason = self._reason
+        if not isinstance(reason, str):
+            reason = self._reason = reason()
+        return reason
 
     def __repr__(self) -> str:
         return f"Fail({self.reason!r})"

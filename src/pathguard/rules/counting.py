@@ -168,7 +168,12 @@ class BudgetParams(CountingParams):
 
 def _amount(value: Any) -> float:
     """A value's contribution to a budget: numbers count, anything else (and NaN) is 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    kind = type(value)
+    if kind is float:
+        return value if value == value else 0.0  # NaN is the one float not equal to itself
+    if kind is int:
+        return float(value)
+    if kind is bool or not isinstance(value, int | float):
         return 0.0
     return 0.0 if math.isnan(value) else float(value)
 

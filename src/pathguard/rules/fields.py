@@ -132,6 +132,8 @@ class FieldNotEmpty(_FieldRule):
 
     def check(self, subject: Any, state: Any, ctx: EvalContext | None) -> Fail | None:
         value = self.get(subject)
+        if type(value) is str and value.strip():
+            return None  # the common case first
         if value is ABSENT:
             return Fail(f"{self.field} is absent", {"field": self.field})
         if value is None:
@@ -235,6 +237,8 @@ class FieldMatchesRegex(_FieldRule):
 
     def check(self, subject: Any, state: Any, ctx: EvalContext | None) -> Fail | None:
         value = self.get(subject)
+        if type(value) is str and self.regex.search(value) is not None:
+            return None  # the common case first
         if value is ABSENT:
             return Fail(f"{self.field} is absent", {"field": self.field})
         if isinstance(value, Enum):

@@ -159,7 +159,7 @@ class HistoryContains(Rule):
         if state >= self.p.min_count:
             return None
         if self.p.min_count == 1:
-            return Fail(f"no {self.what} in this task's history")
+            return Fail(lambda: f"no {self.what} in this task's history")
         return Fail(
             f"only {state} of the {self.p.min_count} required {self.what} entries "
             "in this task's history"
@@ -185,7 +185,7 @@ class CurrentIs(Rule):
     def check(self, subject: Behavior, state: Any, ctx: EvalContext | None) -> Fail | None:
         if self.match(subject):
             return None
-        return Fail(f"this step ({_describe_step(subject)}) is not {self.what}")
+        return Fail(lambda: f"this step ({_describe_step(subject)}) is not {self.what}")
 
 
 # -- requires_prior ---------------------------------------------------------------------
