@@ -244,7 +244,7 @@ class Guard:
         self._sinks: list[TraceSink] = list(sinks)
         if path:
             self._sinks.append(JsonlSink(path))
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # guards the engine; never taken twice by one call
         self._current: contextvars.ContextVar[_TaskHandle | None] = contextvars.ContextVar(
             f"pathguard_task_{id(self):x}", default=None
         )

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pathguard.matching import STEP_TYPES, StepFilter, StepMatcher, describe_filter
 from pathguard.rules._base import CompileContext, EvalContext, Fail, Rule, is_satisfying, register
 from pathguard.rules.path import FilterSpec
-from pathguard.vocabulary import Behavior, StepType, field_getter
+from pathguard.vocabulary import Behavior, Status, StepType, field_getter
 
 __all__ = ["Budget", "MaxConsecutive", "MaxSteps", "MaxTaskDuration", "RateLimit"]
 
@@ -62,7 +62,11 @@ class _Counting(Rule):
         return self.match.step_types
 
     def counts(self, entry: Behavior) -> bool:
-        return is_satisfying(entry, self.count_attempts) and self.match(entry)
+        # is_satisfying, inlined: this runs for every recorded entry the monitor watches.
+        return (self.count_attempts or entry.status is _COMPLETED) and self.match(entry)
+
+
+_COMPLETED = Status.completed
 
 
 # -- max_steps --------------------------------------------------------------------------
