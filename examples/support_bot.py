@@ -41,8 +41,9 @@ TICKETS = {
         "customer": "C-4",
     },
 }
-CUSTOMERS = {f"C-{i}": {"name": f"Customer {i}", "email": f"customer{i}@example.com"} for i in
-             range(1, 5)}
+CUSTOMERS = {
+    f"C-{i}": {"name": f"Customer {i}", "email": f"customer{i}@example.com"} for i in range(1, 5)
+}
 
 
 class PrintSink:
@@ -98,19 +99,30 @@ def build_agent(trace_path: Path) -> tuple[Guard, dict[str, Any]]:
         risk_classification="limited",
     )
 
-    @guard.step(StepType.step_resource, Verb.GET,
-                properties={"target": {"system": "tickets", "domain": "tickets.internal"}})
+    @guard.step(
+        StepType.step_resource,
+        Verb.GET,
+        properties={"target": {"system": "tickets", "domain": "tickets.internal"}},
+    )
     def read_ticket(ticket_id: str) -> dict[str, Any]:
         return TICKETS[ticket_id]
 
-    @guard.step(StepType.step_resource, Verb.GET,
-                properties={"target": {"system": "crm"}, "data": {"classification": "pii"}})
+    @guard.step(
+        StepType.step_resource,
+        Verb.GET,
+        properties={"target": {"system": "crm"}, "data": {"classification": "pii"}},
+    )
     def lookup_customer(customer_id: str) -> dict[str, Any]:
         return CUSTOMERS[customer_id]
 
-    @guard.step(StepType.step_model, Verb.POST,
-                properties=lambda args: {"model": {"provider": "scripted", "name": "demo-1"},
-                                         "usage": {"cost_usd": 0.006}})
+    @guard.step(
+        StepType.step_model,
+        Verb.POST,
+        properties=lambda args: {
+            "model": {"provider": "scripted", "name": "demo-1"},
+            "usage": {"cost_usd": 0.006},
+        },
+    )
     def chat(prompt: str) -> str:
         return "Here is what I found: " + prompt.split(":", 1)[-1].strip()[:60]
 
@@ -126,8 +138,10 @@ def build_agent(trace_path: Path) -> tuple[Guard, dict[str, Any]]:
     def run_diagnostics(command: str) -> str:
         return "ok: 0 crashes in the last hour"
 
-    tools = {f.__name__: f for f in (read_ticket, lookup_customer, chat, send_reply, send_email,
-                                     run_diagnostics)}
+    tools = {
+        f.__name__: f
+        for f in (read_ticket, lookup_customer, chat, send_reply, send_email, run_diagnostics)
+    }
     return guard, tools
 
 

@@ -14,9 +14,7 @@ On every governed call: template → Behavior → evaluate →
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import dataclasses
 import functools
 import inspect
 import logging
@@ -31,6 +29,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, ParamSpec, TypeVar, cast
 
+from pathguard.approvals import (
+    ApprovalHandler,
+    ApprovalRequest,
+    PolicyWarning,
+    ask_async,
+    ask_sync,
+)
 from pathguard.canonical import canonical_hash
 from pathguard.capture import CaptureLimits, to_jsonable
 from pathguard.decisions import Action, Decision, Effect, Mode, Severity, Violation
@@ -43,6 +48,7 @@ from pathguard.errors import (
     NoActiveTaskError,
 )
 from pathguard.policies import PolicySet
+from pathguard.steps import PropertiesArg, StepSpec, bind_arguments, build_spec
 from pathguard.templates import (
     Classification,
     Template,
@@ -58,7 +64,6 @@ from pathguard.vocabulary import (
     Status,
     StepType,
     Verb,
-    valid_verbs,
 )
 
 __all__ = ["ApprovalRequest", "Guard", "PolicyWarning"]
@@ -67,9 +72,6 @@ logger = logging.getLogger("pathguard")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-ApprovalHandler = Callable[["ApprovalRequest"], bool | Awaitable[bool]]
-PropertiesArg = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None
 
 
 class _Unset:
@@ -83,37 +85,6 @@ UNSET: Final = _Unset()
 _WITHHELD: Final = {"$withheld": "the output was withheld by policy"}
 
 
-class PolicyWarning(UserWarning):
-    """A step violated a policy whose effect is `warn`; it ran anyway."""
-
-    def __init__(self, message: str, *, decision: Decision, behavior: Behavior | None) -> None:
-        super().__init__(message)
-        self.decision = decision
-        self.behavior = behavior
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class ApprovalRequest:
-    """What an approval handler is asked about.
-
-    `behavior` is the intended step (None for an agent registration), `decision` the
-    engine's verdict asking for approval, and `input_hash` the canonical hash of the step's
-    input that an approval is bound to.
-    """
-
-    behavior: Behavior | None
-    decision: Decision
-    input_hash: str
-    agent_key: str
-    task_id: str | None
-    phase: Literal["before", "after", "registration"] = "before"
-
-    @property
-    def reasons(self) -> list[str]:
-        """`policy id: reason` for every policy asking for approval."""
-        return [f"{v.policy_id}: {v.reason}" for v in self.decision.violations]
-
-
 class _TaskHandle:
     __slots__ = ("chain", "parent", "task_id")
 
@@ -121,28 +92,6 @@ class _TaskHandle:
         self.task_id = task_id
         self.parent = parent
         self.chain = chain
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _StepSpec:
-    """Everything the decorator worked out once, at decoration time."""
-
-    name: str
-    step_type: StepType | None
-    verb: Verb | None
-    classify: Classification | Callable[[Mapping[str, Any]], Classification]
-    properties: Mapping[str, Any]
-    dynamic_properties: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None
-    meta: Mapping[str, Any]
-    names: tuple[str, ...]
-    named: frozenset[str]
-    resolved: tuple[StepType, Verb | None] | None
-    varargs: str | None
-    varkw: str | None
-    defaults: Mapping[str, Any]
-    skip_first: bool
-    capture_input: bool
-    capture_output: bool
 
 
 def _env(name: str) -> str | None:
@@ -292,7 +241,7 @@ class Guard:
                 input_hash=canonical_hash(registration.to_dict()),
                 phase="registration",
             )
-            if not self._ask_sync(request):
+            if not ask_sync(self.approval_handler, request):
                 raise ApprovalDeniedError(
                     decision,
                     None,
@@ -464,7 +413,8 @@ class Guard:
                     f"@guard.step cannot govern the generator {func.__qualname__}: the step "
                     "would end before the generator runs. Govern the function that consumes it."
                 )
-            spec = self._build_spec(
+            spec = build_spec(
+                self.template,
                 func,
                 declared,
                 declared_verb,
@@ -480,86 +430,16 @@ class Guard:
 
         return decorate
 
-    def _build_spec(
-        self,
-        func: Callable[..., Any],
-        declared: StepType | None,
-        declared_verb: Verb | None,
-        step_name: str | None,
-        properties: PropertiesArg,
-        meta: Mapping[str, Any] | None,
-        capture_input: bool,
-        capture_output: bool,
-    ) -> _StepSpec:
-        name: str = step_name or getattr(func, "__name__", None) or "step"
-        classify = self.template.resolver(name, declared)
-        static_props: Mapping[str, Any] = {}
-        resolved = None
-        if isinstance(classify, Classification):
-            final_type = declared or classify.step_type or StepType.step_unknown
-            agrees = classify.step_type in (None, final_type)
-            final_verb = declared_verb
-            if final_verb is None and agrees:
-                final_verb = classify.verb
-            check_classification(final_type, final_verb, needs_verb=True, name=name)
-            if final_verb is None and len(valid_verbs(final_type)) == 1:
-                final_verb = valid_verbs(final_type)[0]
-            resolved = (final_type, final_verb)
-            if agrees:
-                static_props = classify.properties
-        dynamic = None
-        if callable(properties):
-            dynamic = properties
-        elif properties:
-            static_props = deep_merge(static_props, properties)
-        if declared is StepType.step_gate or (
-            isinstance(classify, Classification) and classify.step_type is StepType.step_gate
-        ):
-            static_props = deep_merge({"guard": {"gate_type": "human_approval"}}, static_props)
-        signature = inspect.signature(func)
-        names: list[str] = []
-        named: set[str] = set()
-        varargs = varkw = None
-        defaults: dict[str, Any] = {}
-        for param in signature.parameters.values():
-            if param.kind is param.VAR_POSITIONAL:
-                varargs = param.name
-            elif param.kind is param.VAR_KEYWORD:
-                varkw = param.name
-            else:
-                named.add(param.name)
-                if param.kind is not param.KEYWORD_ONLY:
-                    names.append(param.name)
-                if param.default is not param.empty:
-                    defaults[param.name] = param.default
-        skip_first = bool(names) and names[0] in ("self", "cls")
-        return _StepSpec(
-            name=name,
-            step_type=declared,
-            verb=declared_verb,
-            classify=classify,
-            properties=static_props,
-            dynamic_properties=dynamic,
-            meta=dict(meta or {}),
-            names=tuple(names),
-            named=frozenset(named),
-            resolved=resolved,
-            varargs=varargs,
-            varkw=varkw,
-            defaults=defaults,
-            skip_first=skip_first,
-            capture_input=capture_input,
-            capture_output=capture_output,
-        )
-
-    def _sync_wrapper(self, func: Callable[P, R], spec: _StepSpec) -> Callable[P, R]:
+    def _sync_wrapper(self, func: Callable[P, R], spec: StepSpec) -> Callable[P, R]:
         @functools.wraps(func)
         def governed(*args: P.args, **kwargs: P.kwargs) -> R:
             handle, intended = self._begin(spec, args, kwargs)
             decision = self._decide(intended)
             if decision.action is Action.approve:
                 request = self._request(handle, intended, decision, "before")
-                decision = self._answered(handle, intended, request, self._ask_sync(request))
+                decision = self._answered(
+                    handle, intended, request, ask_sync(self.approval_handler, request)
+                )
             self._enforce(handle, intended, decision)
             try:
                 result = func(*args, **kwargs)
@@ -569,14 +449,16 @@ class Guard:
             completed, after = self._output_check(handle, spec, intended, decision, result)
             if after is not None and after.action is Action.approve:
                 request = self._request(handle, completed, after, "after")
-                after = self._answered(handle, completed, request, self._ask_sync(request))
+                after = self._answered(
+                    handle, completed, request, ask_sync(self.approval_handler, request)
+                )
             self._completed(handle, completed, decision, after)
             return result
 
         return governed
 
     def _async_wrapper(
-        self, func: Callable[P, Awaitable[Any]], spec: _StepSpec
+        self, func: Callable[P, Awaitable[Any]], spec: StepSpec
     ) -> Callable[P, Awaitable[Any]]:
         @functools.wraps(func)
         async def governed(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -584,7 +466,7 @@ class Guard:
             decision = self._decide(intended)
             if decision.action is Action.approve:
                 request = self._request(handle, intended, decision, "before")
-                answer = await self._ask_async(request)
+                answer = await ask_async(self.approval_handler, request)
                 decision = self._answered(handle, intended, request, answer)
             self._enforce(handle, intended, decision)
             try:
@@ -595,7 +477,7 @@ class Guard:
             completed, after = self._output_check(handle, spec, intended, decision, result)
             if after is not None and after.action is Action.approve:
                 request = self._request(handle, completed, after, "after")
-                answer = await self._ask_async(request)
+                answer = await ask_async(self.approval_handler, request)
                 after = self._answered(handle, completed, request, answer)
             self._completed(handle, completed, decision, after)
             return result
@@ -604,7 +486,7 @@ class Guard:
 
     # -- shared step logic (sync and async differ only in how they wait) --------------------
     def _begin(
-        self, spec: _StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+        self, spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> tuple[_TaskHandle, Behavior]:
         handle = self._current.get()
         if handle is None:
@@ -613,7 +495,7 @@ class Guard:
                 "`with guard.task():` (or `async with guard.task():`), or call "
                 "guard.start_task() first."
             )
-        arguments = self._arguments(spec, args, kwargs)
+        arguments = bind_arguments(spec, args, kwargs)
         classification = spec.classify
         props = spec.properties
         if spec.dynamic_properties is not None:
@@ -659,30 +541,6 @@ class Guard:
         )
         return handle, intended
 
-    def _arguments(
-        self, spec: _StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        arguments = dict(spec.defaults) if spec.defaults else {}
-        names = spec.names
-        n = len(names)
-        for i, value in enumerate(args):
-            if i < n:
-                arguments[names[i]] = value
-            elif spec.varargs is not None:
-                arguments.setdefault(spec.varargs, []).append(value)
-        if spec.skip_first and args:
-            arguments.pop(names[0], None)
-        if kwargs:
-            if spec.varkw is None:
-                arguments.update(kwargs)
-            else:
-                for key, value in kwargs.items():
-                    if key in spec.named:
-                        arguments[key] = value
-                    else:
-                        arguments.setdefault(spec.varkw, {})[key] = value
-        return arguments
-
     def _capture(self, value: Any, where: str) -> Any:
         return to_jsonable(value, self.capture_limits, json_default=self.json_default, where=where)
 
@@ -725,42 +583,6 @@ class Guard:
             task_id=handle.task_id,
             phase=phase,
         )
-
-    def _ask_sync(self, request: ApprovalRequest) -> bool:
-        handler = self.approval_handler
-        if handler is None:
-            return False
-        try:
-            answer = handler(request)
-            if inspect.isawaitable(answer):
-                try:
-                    asyncio.get_running_loop()
-                except RuntimeError:
-                    return bool(asyncio.run(_awaited(answer)))
-                _close_awaitable(answer)
-                raise ConfigurationError(
-                    "The approval_handler is async, but a sync step called it from inside a "
-                    "running event loop; make the step async or give a sync handler."
-                )
-            return bool(answer)
-        except ConfigurationError:
-            raise
-        except Exception as exc:
-            logger.error("the approval handler raised %r; treating it as a denial", exc)
-            return False
-
-    async def _ask_async(self, request: ApprovalRequest) -> bool:
-        handler = self.approval_handler
-        if handler is None:
-            return False
-        try:
-            answer = handler(request)
-            if inspect.isawaitable(answer):
-                answer = await answer
-            return bool(answer)
-        except Exception as exc:
-            logger.error("the approval handler raised %r; treating it as a denial", exc)
-            return False
 
     def _answered(
         self, handle: _TaskHandle, behavior: Behavior, request: ApprovalRequest, approved: bool
@@ -823,7 +645,7 @@ class Guard:
     def _output_check(
         self,
         handle: _TaskHandle,
-        spec: _StepSpec,
+        spec: StepSpec,
         intended: Behavior,
         decision: Decision,
         result: Any,
@@ -863,7 +685,7 @@ class Guard:
     def _failed(
         self,
         handle: _TaskHandle,
-        spec: _StepSpec,
+        spec: StepSpec,
         intended: Behavior,
         decision: Decision,
         exc: BaseException,
@@ -976,16 +798,6 @@ def _merge(before: Decision, after: Decision) -> Decision:
         [*before.violations, *before.shadow, *after.violations, *after.shadow],
         before.evaluated + after.evaluated,
     )
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-def _close_awaitable(awaitable: Awaitable[Any]) -> None:
-    close = getattr(awaitable, "close", None)
-    if callable(close):
-        close()
 
 
 def _policy_source(source: Any) -> Any:
