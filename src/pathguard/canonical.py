@@ -35,34 +35,49 @@ def _float_is_safe(value: float) -> bool:
     return 1e-4 <= magnitude < 1e16
 
 
-def _fast_ok(value: Any, depth: int = 0) -> bool:
+class _Slow(Exception):
+    """Raised inside `_prepare` when a value needs the reference implementation."""
+
+
+def _prepare(value: Any, depth: int = 0) -> Any:
+    """The value with integral floats written as ints (ECMAScript prints `1.0` as `1`), or
+    `_Slow` raised if anything in it is outside what the C encoder writes canonically."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return value
+    if kind is int:
+        if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+            return value
+        raise _Slow
+    if kind is float:
+        if value.is_integer() and -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+            return int(value)
+        if _float_is_safe(value):
+            return value
+        raise _Slow
     if depth > 64:
-        return False
-    if value is None or value is True or value is False or isinstance(value, str):
-        return True
-    if isinstance(value, int):
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
-    if isinstance(value, float):
-        return _float_is_safe(value)
-    if isinstance(value, dict):
+        raise _Slow
+    if kind is dict:
+        out = {}
         for key, item in value.items():
             # Sorting by code point equals RFC 8785's UTF-16 order only inside the BMP.
-            if not isinstance(key, str) or (not key.isascii() and max(key) > "\uffff"):
-                return False
-            if not _fast_ok(item, depth + 1):
-                return False
-        return True
-    if isinstance(value, list | tuple):
-        return all(_fast_ok(item, depth + 1) for item in value)
-    return False
+            if type(key) is not str or (not key.isascii() and max(key) > "\uffff"):
+                raise _Slow
+            out[key] = _prepare(item, depth + 1)
+        return out
+    if kind is list or kind is tuple:
+        return [_prepare(item, depth + 1) for item in value]
+    raise _Slow  # subclasses and other types: let the reference implementation decide
 
 
 def canonical_json(value: Any) -> bytes:
     """Serialise a JSON value to its RFC 8785 canonical bytes."""
-    if _fast_ok(value):
-        return _encode(value).encode("utf-8")
-    result: bytes = rfc8785.dumps(value)
-    return result
+    try:
+        prepared = _prepare(value)
+    except _Slow:
+        result: bytes = rfc8785.dumps(value)
+        return result
+    return _encode(prepared).encode("utf-8")
 
 
 def canonical_hash(value: Any) -> str:

@@ -64,6 +64,13 @@ def record_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
 
 def _plain(value: Any) -> Any:
     """A private JSON-data copy of a value (so later mutation cannot desync the hash)."""
+    kind = type(value)  # exact-type fast paths first: this walks every record
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): _plain(v) for k, v in value.items()}
+    if kind is list:
+        return [_plain(v) for v in value]
     if isinstance(value, Enum):
         return _plain(value.value)
     if value is None or isinstance(value, str | bool | int | float):
