@@ -279,16 +279,13 @@ class Guard:
             meta,
             input=self._capture(dict(context), "context") if context else None,
         )
-        decision = self._decide(start)
-        if decision.action is Action.block or decision.action is Action.approve:
-            self._record(handle, start._evolve(status=Status.blocked), decision)
+        try:
+            self._take_marker(handle, start)
+        except BlockedError:
             with self._lock:
                 self.engine.end_task(task_id)
-            raise BlockedError(decision, start)
-        self._record(handle, start._evolve(status=Status.completed), decision)
+            raise
         self._current.set(handle)
-        if decision.action is Action.warn:
-            self._warn(decision, start)
         return task_id
 
     def end_task(
@@ -307,13 +304,10 @@ class Guard:
             meta,
             output=None if output is None else self._capture(output, "output"),
         )
-        decision = self._decide(end)
-        if decision.action is Action.block or decision.action is Action.approve:
-            self._record(handle, end._evolve(status=Status.blocked), decision)
-            raise BlockedError(decision, end)
-        self._close(handle, end._evolve(status=Status.completed), decision)
-        if decision.action is Action.warn:
-            self._warn(decision, end)
+        self._take_marker(handle, end)
+        with self._lock:
+            self.engine.end_task(handle.task_id)
+        self._current.set(handle.parent)
 
     def error_task(
         self,
@@ -335,15 +329,9 @@ class Guard:
     def idle_task(self, *, meta: Mapping[str, Any] | None = None) -> Decision:
         """Record a heartbeat; policies targeting `task.idle` (e.g. a duration cap) may block."""
         handle = self._require_task("idle_task")
-        idle = self._marker(StepType.task_idle, handle.task_id, None, meta)
-        decision = self._decide(idle)
-        if decision.action is Action.block or decision.action is Action.approve:
-            self._record(handle, idle._evolve(status=Status.blocked), decision)
-            raise BlockedError(decision, idle)
-        self._record(handle, idle._evolve(status=Status.completed), decision)
-        if decision.action is Action.warn:
-            self._warn(decision, idle)
-        return decision
+        return self._take_marker(
+            handle, self._marker(StepType.task_idle, handle.task_id, None, meta)
+        )
 
     def task(
         self,
@@ -738,6 +726,19 @@ class Guard:
             task_id=task_id,
             timestamp=self.clock(),
         )
+
+    def _take_marker(self, handle: _TaskHandle, marker: Behavior) -> Decision:
+        """Decide on a task marker a policy may refuse (start, end, idle) and record it:
+        blocked (raising BlockedError; a marker has no one to ask for approval) or completed
+        (warning if asked to)."""
+        decision = self._decide(marker)
+        if decision.action is Action.block or decision.action is Action.approve:
+            self._record(handle, marker._evolve(status=Status.blocked), decision)
+            raise BlockedError(decision, marker)
+        self._record(handle, marker._evolve(status=Status.completed), decision)
+        if decision.action is Action.warn:
+            self._warn(decision, marker)
+        return decision
 
     def _record(self, handle: _TaskHandle, behavior: Behavior, decision: Decision | None) -> None:
         try:

@@ -276,6 +276,15 @@ def _as_list(value: Any) -> list[Any] | None:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def _parse_one_or_many(value: Any, parse: Callable[[Any], Any]) -> Any:
+    """Parse a single value or each item of a list (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return [parse(v) for v in value]
+    return parse(value)
+
+
 class StepFilter(BaseModel):
     """Which steps something applies to. Every given field must match; omitted ones match all."""
 
@@ -293,20 +302,12 @@ class StepFilter(BaseModel):
     @field_validator("step_type", mode="before")
     @classmethod
     def _parse_step_types(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        items = _as_list(value) or []
-        parsed = [StepType.parse(v) for v in items]
-        return parsed if isinstance(value, list | tuple) else parsed[0]
+        return _parse_one_or_many(value, StepType.parse)
 
     @field_validator("verb", mode="before")
     @classmethod
     def _parse_verbs(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        items = _as_list(value) or []
-        parsed = [Verb.parse(v) for v in items]
-        return parsed if isinstance(value, list | tuple) else parsed[0]
+        return _parse_one_or_many(value, Verb.parse)
 
     @field_validator("properties")
     @classmethod
