@@ -125,16 +125,12 @@ class HistoryContainsParams(MatchParams):
     )
 
 
-@register
-class HistoryContains(Rule):
-    """The task's history holds at least `min_count` satisfying matching entries."""
+class _MatchRule(Rule):
+    """A monitor that looks for one kind of entry (`step_type`, `verb`, `properties`)."""
 
-    name = "history_contains"
-    Params = HistoryContainsParams
-    summary = "the task's history has at least min_count matching entries"
-    stateful = True
+    p: Any
 
-    def __init__(self, params: HistoryContainsParams, ctx: CompileContext) -> None:
+    def __init__(self, params: MatchParams, ctx: CompileContext) -> None:
         super().__init__(params, ctx)
         self.p = params
         self.match = StepMatcher(params.as_filter())
@@ -142,6 +138,16 @@ class HistoryContains(Rule):
 
     def watches(self) -> frozenset[StepType] | None:
         return self.match.step_types
+
+
+@register
+class HistoryContains(_MatchRule):
+    """The task's history holds at least `min_count` satisfying matching entries."""
+
+    name = "history_contains"
+    Params = HistoryContainsParams
+    summary = "the task's history has at least min_count matching entries"
+    stateful = True
 
     def initial_state(self) -> int:
         return 0  # matches seen, capped at min_count
@@ -198,22 +204,13 @@ class RequiresPriorParams(MatchParams):
 
 
 @register
-class RequiresPrior(Rule):
+class RequiresPrior(_MatchRule):
     """A satisfying matching entry exists earlier in the task (within the last N if given)."""
 
     name = "requires_prior"
     Params = RequiresPriorParams
     summary = "a matching entry happened earlier in the task (optionally within the last N)"
     stateful = True
-
-    def __init__(self, params: RequiresPriorParams, ctx: CompileContext) -> None:
-        super().__init__(params, ctx)
-        self.p = params
-        self.match = StepMatcher(params.as_filter())
-        self.what = describe_filter(params.as_filter())
-
-    def watches(self) -> frozenset[StepType] | None:
-        return self.match.step_types
 
     def initial_state(self) -> int | None:
         return None  # position of the latest satisfying match
@@ -527,22 +524,13 @@ class SequenceForbidden(Rule):
 
 
 @register
-class NotAfter(Rule):
+class NotAfter(_MatchRule):
     """Once a satisfying matching entry exists, every targeted step violates."""
 
     name = "not_after"
     Params = MatchParams
     summary = "targeted steps are refused for the rest of the task once a matching entry happened"
     stateful = True
-
-    def __init__(self, params: MatchParams, ctx: CompileContext) -> None:
-        super().__init__(params, ctx)
-        self.p = params
-        self.match = StepMatcher(params.as_filter())
-        self.what = describe_filter(params.as_filter())
-
-    def watches(self) -> frozenset[StepType] | None:
-        return self.match.step_types
 
     def initial_state(self) -> bool:
         return False
