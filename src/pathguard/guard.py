@@ -18,7 +18,6 @@ import contextvars
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ from pathguard.approvals import (
 )
 from pathguard.canonical import canonical_hash
 from pathguard.capture import CaptureLimits, to_jsonable
+from pathguard.config import UNSET, Unset, env, env_int, limits_from_env, policy_source
 from pathguard.decisions import Action, Decision, Effect, Mode, Severity, Violation
 from pathguard.engine import PolicyEngine
 from pathguard.errors import (
@@ -74,14 +74,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Final = _Unset()
-"""Sentinel for "not given" where None is a meaningful value."""
-
 _WITHHELD: Final = {"$withheld": "the output was withheld by policy"}
 
 
@@ -92,40 +84,6 @@ class _TaskHandle:
         self.task_id = task_id
         self.parent = parent
         self.chain = chain
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(f"PATHGUARD_{name}")
-    return value if value not in (None, "") else None
-
-
-def _env_int(name: str) -> int | None:
-    value = _env(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigurationError(
-            f"PATHGUARD_{name}={value!r} is not a whole number; set it to one or unset it."
-        ) from None
-
-
-def _limits_from_env() -> CaptureLimits:
-    defaults = CaptureLimits()
-    values: dict[str, int] = {}
-    for name in ("max_string", "max_items", "max_depth"):
-        value = _env_int(name.upper())
-        if value is None:
-            values[name] = getattr(defaults, name)
-        elif value < 1:
-            raise ConfigurationError(
-                f"PATHGUARD_{name.upper()}={value} must be at least 1; unset it for the "
-                f"default ({getattr(defaults, name)})."
-            )
-        else:
-            values[name] = value
-    return CaptureLimits(**values)
 
 
 class Guard:
@@ -141,55 +99,55 @@ class Guard:
         self,
         agent_key: str | None = None,
         *,
-        policies: PolicySet | Mapping[str, Any] | str | Path | _Unset | None = UNSET,
-        api_url: str | _Unset | None = UNSET,
-        api_key: str | _Unset | None = UNSET,
-        template: Template | Mapping[str, Any] | str | Path | _Unset | None = UNSET,
-        fail_mode: Literal["closed", "open"] | _Unset = UNSET,
+        policies: PolicySet | Mapping[str, Any] | str | Path | Unset | None = UNSET,
+        api_url: str | Unset | None = UNSET,
+        api_key: str | Unset | None = UNSET,
+        template: Template | Mapping[str, Any] | str | Path | Unset | None = UNSET,
+        fail_mode: Literal["closed", "open"] | Unset = UNSET,
         approval_handler: ApprovalHandler | None = None,
-        trace_path: str | Path | _Unset | None = UNSET,
+        trace_path: str | Path | Unset | None = UNSET,
         sinks: tuple[TraceSink, ...] | list[TraceSink] = (),
-        history_limit: int | _Unset = UNSET,
+        history_limit: int | Unset = UNSET,
         capture_limits: CaptureLimits | None = None,
         json_default: Callable[[Any], Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        key = agent_key or _env("AGENT_KEY")
+        key = agent_key or env("AGENT_KEY")
         if not key:
             raise ConfigurationError(
                 "Guard needs an agent key: pass Guard(agent_key='my-agent') or set "
                 "PATHGUARD_AGENT_KEY."
             )
         self.agent_key: str = key
-        url = _env("API_URL") if isinstance(api_url, _Unset) else api_url
+        url = env("API_URL") if isinstance(api_url, Unset) else api_url
         if url:
             raise ConfigurationError(
                 "Platform sync (api_url) is not available in this version of pathguard; "
                 "remove api_url / PATHGUARD_API_URL and use policies= and trace_path= locally."
             )
-        self.api_key = _env("API_KEY") if isinstance(api_key, _Unset) else api_key
-        mode = _env("FAIL_MODE") if isinstance(fail_mode, _Unset) else fail_mode
+        self.api_key = env("API_KEY") if isinstance(api_key, Unset) else api_key
+        mode = env("FAIL_MODE") if isinstance(fail_mode, Unset) else fail_mode
         mode = mode or "closed"
         if mode not in ("closed", "open"):
             raise ConfigurationError(f"fail_mode must be 'closed' or 'open', not {mode!r}.")
         self.fail_mode: Literal["closed", "open"] = cast(Literal["closed", "open"], mode)
-        source = _env("POLICIES") if isinstance(policies, _Unset) else policies
-        limit = _env_int("HISTORY_LIMIT") if isinstance(history_limit, _Unset) else history_limit
+        source = env("POLICIES") if isinstance(policies, Unset) else policies
+        limit = env_int("HISTORY_LIMIT") if isinstance(history_limit, Unset) else history_limit
         if limit is not None and limit < 0:
             raise ConfigurationError(
                 f"history_limit (PATHGUARD_HISTORY_LIMIT) must be 0 or more, not {limit}."
             )
         self.engine = PolicyEngine(
-            None if source is None else _policy_source(source),
+            None if source is None else policy_source(source),
             history_limit=1000 if limit is None else limit,
         )
-        tpl = _env("TEMPLATE") if isinstance(template, _Unset) else template
+        tpl = env("TEMPLATE") if isinstance(template, Unset) else template
         self.template = load_template(tpl)
         self.approval_handler = approval_handler
-        self.capture_limits = capture_limits or _limits_from_env()
+        self.capture_limits = capture_limits or limits_from_env()
         self.json_default = json_default
         self.clock = clock
-        path = _env("TRACE_PATH") if isinstance(trace_path, _Unset) else trace_path
+        path = env("TRACE_PATH") if isinstance(trace_path, Unset) else trace_path
         self._sinks: list[TraceSink] = list(sinks)
         if path:
             self._sinks.append(JsonlSink(path))
@@ -799,10 +757,6 @@ def _merge(before: Decision, after: Decision) -> Decision:
         [*before.violations, *before.shadow, *after.violations, *after.shadow],
         before.evaluated + after.evaluated,
     )
-
-
-def _policy_source(source: Any) -> Any:
-    return Path(source) if isinstance(source, str) and "\n" not in source else source
 
 
 class _TaskScope:

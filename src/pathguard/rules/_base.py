@@ -179,7 +179,7 @@ class Rule:
     # -- decision ---------------------------------------------------------------------
     def check(self, subject: Any, state: Any, ctx: EvalContext | None) -> Fail | None:
         """Return None when the subject passes, a Fail with a reason when it violates."""
-        raise NotImplementedError  # pragma: no cover - every registered rule overrides it
+        raise TypeError(f"{type(self).__name__} must override check().")  # pragma: no cover
 
     def __repr__(self) -> str:
         params = self.params.model_dump(exclude_defaults=True, mode="json")
