@@ -337,8 +337,6 @@ class StepMatcher:
     __slots__ = (
         "_name",
         "_props",
-        "_verbs",
-        "needs_more_than_type",
         "needs_rest",
         "spec",
         "step_types",
@@ -353,41 +351,23 @@ class StepMatcher:
         types = _as_list(spec.step_type)
         self.step_types: frozenset[StepType] | None = frozenset(types) if types else default_types
         verbs = _as_list(spec.verb)
-        self._verbs: frozenset[Verb] | None = frozenset(verbs) if verbs else None
+        self.verbs: frozenset[Verb] | None = frozenset(verbs) if verbs else None
         globs = _as_list(spec.step_name)
         self._name = compile_globs(globs) if globs else None
         self._props = (
             FieldConditions(spec.properties, prefix="properties.") if spec.properties else None
         )
-        self.needs_more_than_type = not (
-            self._verbs is None and self._name is None and self._props is None
-        )
         self.needs_rest = not (self._name is None and self._props is None)
-        self.verbs = self._verbs
 
     def __call__(self, b: Behavior) -> bool:
         if self.step_types is not None and b.step_type not in self.step_types:
             return False
-        if self._verbs is not None and b.verb not in self._verbs:
+        if self.verbs is not None and b.verb not in self.verbs:
             return False
-        if self._name is not None and (
-            b.step_name is None or self._name.fullmatch(b.step_name) is None
-        ):
-            return False
-        return self._props is None or self._props(b)
+        return not self.needs_rest or self.matches_rest(b)
 
     def matches_rest(self, b: Behavior) -> bool:
         """Match the step name and properties (type and verb already checked by an index)."""
-        if self._name is not None and (
-            b.step_name is None or self._name.fullmatch(b.step_name) is None
-        ):
-            return False
-        return self._props is None or self._props(b)
-
-    def matches_without_type(self, b: Behavior) -> bool:
-        """Match everything but the step type (already checked by an index)."""
-        if self._verbs is not None and b.verb not in self._verbs:
-            return False
         if self._name is not None and (
             b.step_name is None or self._name.fullmatch(b.step_name) is None
         ):
