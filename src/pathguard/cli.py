@@ -39,8 +39,12 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Validate, test and compare policy files.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check recorded traces.", no_args_is_help=True)
+db_app = typer.Typer(help="Set up the platform's database.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create API keys for the platform.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 
 
 def _out() -> Console:
@@ -608,6 +612,81 @@ def try_demo(
             "audit. Check your own policies with `pathguard policy check FILE`."
         )
     )
+
+
+# -- db upgrade, keys create (the platform; needs the server extra) ---------------------------
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL; default $PATHGUARD_DATABASE_URL, else ./.pathguard/pathguard.db.",
+        show_default=False,
+    ),
+]
+
+
+def _upgrade(database_url: str | None) -> str:
+    """Migrate the database; exit 2 with the reason when the platform or database is unusable."""
+    try:
+        from pathguard.platform.database import resolve_url
+        from pathguard.platform.migrations import upgrade
+    except ImportError as exc:
+        _fail(str(exc))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pathguard.errors import ConfigurationError
+
+    try:
+        url = resolve_url(database_url)
+        upgrade(url)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(
+            f"The database could not be set up ({type(exc).__name__}: {exc.args[0]}). "
+            "Check --database-url or PATHGUARD_DATABASE_URL."
+        )
+    return url.render_as_string(hide_password=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None) -> None:
+    """Create or migrate the platform's database to the newest schema (safe to run again)."""
+    from pathguard.platform.migrations import head_revision
+
+    where = _upgrade(database_url)
+    _out().print(Text(f"{where}: schema at revision {head_revision()}", style="green"))
+
+
+@keys_app.command("create")
+def keys_create(
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="Create a key for this agent only.")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Create an admin key.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an API key and print it once; only a salted hash of it is stored."""
+    if admin == (agent is not None):
+        _fail("Pass either --admin or --agent KEY (one of them).")
+    where = _upgrade(database_url)
+    from pathguard.platform.database import create_engine, session_factory
+    from pathguard.platform.keys import create_key
+
+    engine = create_engine(database_url)
+    try:
+        with session_factory(engine).begin() as session:
+            secret = create_key(session, admin=admin, agent_key=agent)
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        engine.dispose()
+    role = "admin key" if admin else f"key for agent {agent!r}"
+    out = _out()
+    out.print(Text(f"Created an {role} in {where}:" if admin else f"Created a {role} in {where}:"))
+    out.print(Text(secret, style="bold"))
+    out.print(Text("Store it now: it will not be shown again."))
 
 
 def main() -> None:
