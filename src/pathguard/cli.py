@@ -689,6 +689,42 @@ def keys_create(
     out.print(Text("Store it now: it will not be shown again."))
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option("--host", help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="The port.")] = 8400,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run the platform's HTTP API (migrating the database first)."""
+    where = _upgrade(database_url)
+    import uvicorn
+
+    from pathguard.platform.app import create_app
+    from pathguard.platform.database import create_engine, session_factory
+    from pathguard.platform.keys import list_keys
+
+    engine = create_engine(database_url)
+    with session_factory(engine)() as session:
+        has_admin = any(p.admin for p in list_keys(session))
+    out = _out()
+    out.print(Text(f"pathguard platform on {where}", style="green"))
+    out.print(Text(f"API: http://{host}:{port}/v1   OpenAPI: http://{host}:{port}/openapi.json"))
+    if not has_admin:
+        # The URL itself is not repeated: it may hold a password.
+        url_option = " --database-url <the same URL>" if database_url else ""
+        out.print(
+            Text(
+                f"No admin key exists yet; create one with: pathguard keys create --admin"
+                f"{url_option}",
+                style="yellow",
+            )
+        )
+    try:
+        uvicorn.run(create_app(engine=engine), host=host, port=port)
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
     """The console entry point `pathguard`."""
     app()
