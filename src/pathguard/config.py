@@ -5,11 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 from pathguard.capture import CaptureLimits
 from pathguard.errors import ConfigurationError
 
-__all__ = ["UNSET", "env", "env_int", "limits_from_env", "policy_source"]
+__all__ = [
+    "UNSET",
+    "default_cache_dir",
+    "env",
+    "env_int",
+    "limits_from_env",
+    "policy_source",
+]
 
 
 class Unset:
@@ -63,3 +71,20 @@ def limits_from_env() -> CaptureLimits:
 def policy_source(source: Any) -> Any:
     """A one-line string names a file; anything else is passed on as it is."""
     return Path(source) if isinstance(source, str) and "\n" not in source else source
+
+
+def default_cache_dir(agent_key: str) -> Path:
+    """Where an agent's policy cache and trace spool live when no cache_dir is given.
+
+    `~/.cache/pathguard/<agent_key>` (under XDG_CACHE_HOME when set), or
+    `./.pathguard/cache/<agent_key>` when there is no usable home directory.
+    """
+    name = quote(agent_key, safe="") or "_"
+    base = os.environ.get("XDG_CACHE_HOME")
+    try:
+        root = Path(base) if base else Path.home() / ".cache"
+        directory = root / "pathguard" / name
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return directory
+    except (OSError, RuntimeError):  # no home directory, or it is not writable
+        return Path(".pathguard") / "cache" / name

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, cast
 
 from pathguard.approvals import (
     ApprovalHandler,
@@ -37,7 +37,15 @@ from pathguard.approvals import (
 )
 from pathguard.canonical import canonical_hash
 from pathguard.capture import CaptureLimits, to_jsonable
-from pathguard.config import UNSET, Unset, env, env_int, limits_from_env, policy_source
+from pathguard.config import (
+    UNSET,
+    Unset,
+    default_cache_dir,
+    env,
+    env_int,
+    limits_from_env,
+    policy_source,
+)
 from pathguard.decisions import Action, Decision, Effect, Mode, Severity, Violation
 from pathguard.engine import PolicyEngine
 from pathguard.errors import (
@@ -66,6 +74,10 @@ from pathguard.vocabulary import (
     Verb,
 )
 
+if TYPE_CHECKING:
+    from pathguard.remote.spool import TraceSpool
+    from pathguard.remote.sync import PolicySync, TraceShipper
+
 __all__ = ["ApprovalRequest", "Guard", "PolicyWarning"]
 
 logger = logging.getLogger("pathguard")
@@ -78,12 +90,21 @@ _WITHHELD: Final = {"$withheld": "the output was withheld by policy"}
 
 
 class _TaskHandle:
-    __slots__ = ("chain", "parent", "task_id")
+    __slots__ = ("chain", "engine", "parent", "task_id")
 
-    def __init__(self, task_id: str, parent: _TaskHandle | None, chain: HashChain | None) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        parent: _TaskHandle | None,
+        chain: HashChain | None,
+        engine: PolicyEngine,
+    ) -> None:
         self.task_id = task_id
         self.parent = parent
         self.chain = chain
+        # The engine in force when the task started: a policy update applies to new tasks,
+        # so an open task's path history is never cut in two.
+        self.engine = engine
 
 
 class Guard:
@@ -92,7 +113,15 @@ class Guard:
     Every option can also be set with a `PATHGUARD_*` environment variable (an explicit
     argument wins): PATHGUARD_AGENT_KEY, PATHGUARD_POLICIES (a file), PATHGUARD_TEMPLATE,
     PATHGUARD_FAIL_MODE, PATHGUARD_TRACE_PATH, PATHGUARD_HISTORY_LIMIT, PATHGUARD_MAX_STRING,
-    PATHGUARD_MAX_ITEMS, PATHGUARD_MAX_DEPTH, PATHGUARD_API_URL, PATHGUARD_API_KEY.
+    PATHGUARD_MAX_ITEMS, PATHGUARD_MAX_DEPTH, PATHGUARD_API_URL, PATHGUARD_API_KEY,
+    PATHGUARD_CACHE_DIR, PATHGUARD_POLICY_TTL.
+
+    With `api_url`, policies come from the platform (`guard.policy_sync`, verified with
+    PATHGUARD_POLICY_HMAC_SECRET / PATHGUARD_POLICY_ED25519_PUBLIC_KEY) and the trace goes to
+    an on-disk spool in `cache_dir` that `guard.trace_shipper` ships in the background. A
+    policy update applies to tasks started after it; open tasks finish under the set they
+    started with. With fail_mode "closed", every `step.*` is blocked while no verified
+    policy set was ever loaded (violation `pathguard.no-policies`).
     """
 
     def __init__(
@@ -111,6 +140,8 @@ class Guard:
         capture_limits: CaptureLimits | None = None,
         json_default: Callable[[Any], Any] | None = None,
         clock: Callable[[], float] = time.time,
+        cache_dir: str | Path | Unset | None = UNSET,
+        policy_ttl: float | Unset = UNSET,
     ) -> None:
         key = agent_key or env("AGENT_KEY")
         if not key:
@@ -120,18 +151,24 @@ class Guard:
             )
         self.agent_key: str = key
         url = env("API_URL") if isinstance(api_url, Unset) else api_url
-        if url:
-            raise ConfigurationError(
-                "Platform sync (api_url) is not available in this version of pathguard; "
-                "remove api_url / PATHGUARD_API_URL and use policies= and trace_path= locally."
-            )
+        self.api_url: str | None = url or None
         self.api_key = env("API_KEY") if isinstance(api_key, Unset) else api_key
+        if self.api_url and not self.api_key:
+            raise ConfigurationError(
+                "Guard(api_url=...) needs the agent's API key: pass api_key=... or set "
+                "PATHGUARD_API_KEY (create one with `pathguard keys create`)."
+            )
         mode = env("FAIL_MODE") if isinstance(fail_mode, Unset) else fail_mode
         mode = mode or "closed"
         if mode not in ("closed", "open"):
             raise ConfigurationError(f"fail_mode must be 'closed' or 'open', not {mode!r}.")
         self.fail_mode: Literal["closed", "open"] = cast(Literal["closed", "open"], mode)
         source = env("POLICIES") if isinstance(policies, Unset) else policies
+        if self.api_url and source is not None:
+            raise ConfigurationError(
+                "Guard got both policies= (or PATHGUARD_POLICIES) and api_url=; with api_url "
+                "the policies come from the platform, so remove one of them."
+            )
         limit = env_int("HISTORY_LIMIT") if isinstance(history_limit, Unset) else history_limit
         if limit is not None and limit < 0:
             raise ConfigurationError(
@@ -159,6 +196,94 @@ class Guard:
             contextvars.ContextVar(f"pathguard_overrides_{id(self):x}", default=({}, {}))
         )
         self.registration: AgentRegistration | None = None
+        self._initial_engine = self.engine
+        self.policy_sync: PolicySync | None = None
+        self.trace_shipper: TraceShipper | None = None
+        self._spool: TraceSpool | None = None
+        self._waited_for_policies = False
+        if self.api_url:
+            self._connect(self.api_url, self.api_key or "", cache_dir, policy_ttl)
+
+    def _connect(
+        self,
+        api_url: str,
+        api_key: str,
+        cache_dir: str | Path | Unset | None,
+        policy_ttl: float | Unset,
+    ) -> None:
+        try:
+            from pathguard.remote.bundle import VerificationKeys
+            from pathguard.remote.spool import TraceSpool
+            from pathguard.remote.sync import PolicySync, TraceShipper
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"Guard(api_url=...) needs the platform client: {exc}"
+            ) from None
+        directory = env("CACHE_DIR") if isinstance(cache_dir, Unset) else cache_dir
+        root = Path(directory) if directory else default_cache_dir(self.agent_key)
+        ttl = env_int("POLICY_TTL") if isinstance(policy_ttl, Unset) else policy_ttl
+        if ttl is not None and ttl <= 0:
+            raise ConfigurationError(
+                f"policy_ttl (PATHGUARD_POLICY_TTL) must be more than 0 seconds, not {ttl}."
+            )
+        self._spool = TraceSpool(root / "spool")
+        self._sinks.append(self._spool)
+        self.trace_shipper = TraceShipper(api_url, api_key, self._spool).start()
+        self.policy_sync = PolicySync(
+            api_url,
+            api_key,
+            self.agent_key,
+            cache_dir=root / "policies",
+            keys=VerificationKeys.from_env(),
+            ttl=300.0 if ttl is None else float(ttl),
+            on_update=self._policies_updated,
+        ).start()
+
+    def _policies_updated(self, policy_set: PolicySet) -> None:
+        """PolicySync's callback: a new engine for tasks started from now on."""
+        engine = PolicyEngine(policy_set, history_limit=self.engine.history_limit)
+        with self._lock:
+            if self.registration is not None:
+                engine.register(self.registration)
+            self.engine = engine
+
+    def _no_policies(self, behavior: Behavior) -> Decision | None:
+        """With platform sync and fail_mode "closed": block a step while no set ever loaded."""
+        sync = self.policy_sync
+        if sync is None or self.fail_mode == "open" or self.engine is not self._initial_engine:
+            return None
+        if not self._waited_for_policies:
+            # The first evaluation waits, at most the sync timeout, for the first bundle
+            # (on_update swaps the engine before wait_first returns).
+            self._waited_for_policies = True
+            sync.wait_first(sync.timeout)
+            if self.engine is not self._initial_engine:
+                return None
+        if not behavior.step_type.value.startswith("step."):
+            return None
+        violation = Violation(
+            policy_id="pathguard.no-policies",
+            rule="fail_mode",
+            severity=Severity.critical,
+            effect=Effect.block,
+            mode=Mode.enforce,
+            reason="no verified policy set was loaded from the platform yet "
+            f"({sync.status()['last_error'] or 'the first fetch is under way'}) and fail_mode "
+            "is 'closed'",
+        )
+        return Decision.from_violations([violation], ())
+
+    def status(self) -> dict[str, Any]:
+        """The platform sync state: `state` is "enforcing", "stale", "unavailable" or "local"."""
+        if self.policy_sync is None or self.trace_shipper is None:
+            return {"state": "local", "fail_mode": self.fail_mode}
+        policies = self.policy_sync.status()
+        return {
+            "state": policies["state"],
+            "fail_mode": self.fail_mode,
+            "policies": policies,
+            "traces": self.trace_shipper.status(),
+        }
 
     def __repr__(self) -> str:
         n = len(self.engine.policy_set.policies)
@@ -227,9 +352,11 @@ class Guard:
         """Open a task in the current context (thread or asyncio task); returns its id."""
         task_id = task_id or uuid.uuid4().hex
         parent = self._current.get()
-        handle = _TaskHandle(task_id, parent, HashChain(sinks=self._sinks) if self._sinks else None)
         with self._lock:
-            self.engine.start_task(task_id, agent_key=self.agent_key)
+            engine = self.engine
+            engine.start_task(task_id, agent_key=self.agent_key)
+        chain = HashChain(sinks=self._sinks) if self._sinks else None
+        handle = _TaskHandle(task_id, parent, chain, engine)
         start = self._marker(
             StepType.task_start,
             task_id,
@@ -241,7 +368,7 @@ class Guard:
             self._take_marker(handle, start)
         except BlockedError:
             with self._lock:
-                self.engine.end_task(task_id)
+                engine.end_task(task_id)
             raise
         self._current.set(handle)
         return task_id
@@ -264,8 +391,10 @@ class Guard:
         )
         self._take_marker(handle, end)
         with self._lock:
-            self.engine.end_task(handle.task_id)
+            handle.engine.end_task(handle.task_id)
         self._current.set(handle.parent)
+        if self.trace_shipper is not None:
+            self.trace_shipper.wake()
 
     def error_task(
         self,
@@ -282,7 +411,7 @@ class Guard:
         elif error is not None:
             detail = {"message": str(error)[:1000]}
         end = self._marker(StepType.task_error, handle.task_id, properties, meta, output=detail)
-        self._close(handle, end._evolve(status=Status.completed), self._decide(end))
+        self._close(handle, end._evolve(status=Status.completed), self._decide(handle, end))
 
     def idle_task(self, *, meta: Mapping[str, Any] | None = None) -> Decision:
         """Record a heartbeat; policies targeting `task.idle` (e.g. a duration cap) may block."""
@@ -380,7 +509,7 @@ class Guard:
         @functools.wraps(func)
         def governed(*args: P.args, **kwargs: P.kwargs) -> R:
             handle, intended = self._begin(spec, args, kwargs)
-            decision = self._decide(intended)
+            decision = self._decide(handle, intended)
             if decision.action is Action.approve:
                 request = self._request(handle, intended, decision, "before")
                 decision = self._answered(
@@ -409,7 +538,7 @@ class Guard:
         @functools.wraps(func)
         async def governed(*args: P.args, **kwargs: P.kwargs) -> Any:
             handle, intended = self._begin(spec, args, kwargs)
-            decision = self._decide(intended)
+            decision = self._decide(handle, intended)
             if decision.action is Action.approve:
                 request = self._request(handle, intended, decision, "before")
                 answer = await ask_async(self.approval_handler, request)
@@ -490,10 +619,18 @@ class Guard:
     def _capture(self, value: Any, where: str) -> Any:
         return to_jsonable(value, self.capture_limits, json_default=self.json_default, where=where)
 
-    def _decide(self, behavior: Behavior) -> Decision:
+    def _decide(self, handle: _TaskHandle, behavior: Behavior) -> Decision:
+        blocked = self._no_policies(behavior)
+        if blocked is not None:
+            return blocked
+        if handle.engine is self._initial_engine and self.engine is not handle.engine:
+            # Started before the first platform set arrived: move to the set now in force.
+            with self._lock:
+                handle.engine.end_task(handle.task_id)
+                handle.engine = self.engine
         try:
             with self._lock:
-                return self.engine.evaluate(behavior)
+                return handle.engine.evaluate(behavior)
         except Exception as exc:  # the engine itself failed: fail_mode decides
             # ... except for the end of a task: an engine failure must not hold it open.
             closing = behavior.step_type in (StepType.task_end, StepType.task_error)
@@ -568,9 +705,9 @@ class Guard:
                 f"Step {name!r} needed an approval and {why} ({'; '.join(request.reasons)}).",
             )
         if request.phase == "after":
-            decision = self._decide_output(behavior)
+            decision = self._decide_output(handle, behavior)
         else:
-            decision = self._decide(behavior)
+            decision = self._decide(handle, behavior)
         # An approve verdict that survives the approval was just granted by a human.
         return decision
 
@@ -581,10 +718,10 @@ class Guard:
         if decision.action is Action.warn:
             self._warn(decision, intended)
 
-    def _decide_output(self, completed: Behavior) -> Decision:
+    def _decide_output(self, handle: _TaskHandle, completed: Behavior) -> Decision:
         try:
             with self._lock:
-                return self.engine.evaluate_output(completed)
+                return handle.engine.evaluate_output(completed)
         except Exception as exc:
             return self._engine_failure(exc)
 
@@ -610,9 +747,9 @@ class Guard:
                 intended.properties, {"guard": {"decision": verdict}}
             )
         completed = intended._evolve(**changes)
-        if not self.engine.has_output_policies(completed):
+        if not handle.engine.has_output_policies(completed):
             return completed, None
-        return completed, self._decide_output(completed)
+        return completed, self._decide_output(handle, completed)
 
     def _completed(
         self,
@@ -689,7 +826,7 @@ class Guard:
         """Decide on a task marker a policy may refuse (start, end, idle) and record it:
         blocked (raising BlockedError; a marker has no one to ask for approval) or completed
         (warning if asked to)."""
-        decision = self._decide(marker)
+        decision = self._decide(handle, marker)
         if decision.action is Action.block or decision.action is Action.approve:
             self._record(handle, marker._evolve(status=Status.blocked), decision)
             raise BlockedError(decision, marker)
@@ -701,7 +838,7 @@ class Guard:
     def _record(self, handle: _TaskHandle, behavior: Behavior, decision: Decision | None) -> None:
         try:
             with self._lock:
-                self.engine.record(behavior)
+                handle.engine.record(behavior)
         except Exception as exc:  # never lose the trace because a monitor broke
             logger.error("pathguard could not update its monitors: %r", exc, exc_info=exc)
         if handle.chain is not None:
@@ -711,7 +848,7 @@ class Guard:
     def _close(self, handle: _TaskHandle, final: Behavior, decision: Decision) -> None:
         self._record(handle, final, decision)
         with self._lock:
-            self.engine.end_task(handle.task_id)
+            handle.engine.end_task(handle.task_id)
         self._current.set(handle.parent)
 
     def _require_task(self, what: str) -> _TaskHandle:
@@ -733,13 +870,23 @@ class Guard:
         self._sinks.remove(sink)
         sink.flush()
 
-    def flush(self) -> None:
-        """Wait until every trace record handed to a sink is written."""
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every trace record handed to a sink is written; with api_url, also
+        until the platform has it (at most `timeout` seconds). True when all arrived."""
         for sink in self._sinks:
             sink.flush()
+        if self.trace_shipper is None:
+            return True
+        return self.trace_shipper.flush(timeout)
 
-    def close(self) -> None:
-        """Flush and close the trace sinks."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush and close the trace sinks; with api_url, try a last shipment (at most
+        `timeout` seconds; what does not arrive stays in the spool) and stop the threads."""
+        if self.trace_shipper is not None:
+            self.trace_shipper.flush(timeout)
+            self.trace_shipper.close()
+        if self.policy_sync is not None:
+            self.policy_sync.stop()
         for sink in self._sinks:
             sink.close()
 
