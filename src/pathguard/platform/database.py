@@ -102,7 +102,10 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sqlalchemy.Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front, waiting up to the busy timeout: a deferred
+        # transaction that reads first and writes later cannot wait for it in WAL mode and
+        # fails at once when another writer is active. SQLite has one writer at a time anyway.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
