@@ -60,7 +60,10 @@ RETRY_PAUSE_S = 0.005  # times the attempt number (at most 0.1 s), before postin
 
 
 def busy(response: httpx.Response) -> bool:
-    """Whether the server refused a batch only because another was stored at the same time."""
+    """Whether the server refused a batch only because another was stored at the same time
+    (409 conflict) or the database was busy with other writes (503): send it again."""
+    if response.status_code == 503:
+        return True
     if response.status_code != 409:
         return False
     try:
@@ -484,7 +487,8 @@ def render(res: Results, markdown: bool) -> str:
     out.bullets(
         [
             'retried: posts the server answered 409 "Another batch was being stored at the same '
-            f'time; send this batch again", posted again after {RETRY_PAUSE_S * 1000:.0f} ms × '
+            'time; send this batch again" or 503 "database busy", posted again after '
+            f"{RETRY_PAUSE_S * 1000:.0f} ms × "
             f"the attempt number, at most 100 ms (at most {MAX_ATTEMPTS} attempts); the latency "
             "of a batch includes its retries",
             *(errors or ["every timed batch was stored whole (HTTP 200, stored = 100)"]),

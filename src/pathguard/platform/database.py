@@ -2,7 +2,7 @@
 
 The database URL is, in order: the `url` argument, `PATHGUARD_DATABASE_URL`, and the SQLite
 file `./.pathguard/pathguard.db` (its folder is created on first use). SQLite connections use
-write-ahead logging, enforce foreign keys, wait up to 5 s for a lock, and start real
+write-ahead logging, enforce foreign keys, wait up to 15 s for a lock, and start real
 transactions (`BEGIN`), so a batch that fails leaves nothing behind on either database.
 
 ```python
@@ -84,7 +84,7 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
     database = url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    kwargs.setdefault("connect_args", {}).setdefault("timeout", 5.0)
+    kwargs.setdefault("connect_args", {}).setdefault("timeout", 15.0)
     engine = sqlalchemy.create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")

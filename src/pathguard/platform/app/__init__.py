@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pathguard
@@ -141,3 +142,17 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidTransitionError)
     async def bad_transition(request: Request, exc: InvalidTransitionError) -> JSONResponse:
         return _error(status.HTTP_409_CONFLICT, str(exc))
+
+    @app.exception_handler(OperationalError)
+    async def database_busy(request: Request, exc: OperationalError) -> JSONResponse:
+        # SQLite serialises writers; past its busy timeout it reports "database is locked".
+        # That is load, not a fault: tell the client to send the same request again.
+        if "locked" not in str(exc.orig).lower():
+            raise exc
+        response = _error(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "The database is busy with other writes; nothing was stored. Send the same request "
+            "again shortly.",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
