@@ -335,7 +335,8 @@ class TraceShipper:
         self._thread: threading.Thread | None = None
         self._backoff = 0.0
         self._shipped = 0
-        self._attempts = 0
+        self._attempts = 0  # attempts finished
+        self._started = 0  # attempts begun
         self._last_error: str | None = None
         self._failing = False
 
@@ -367,14 +368,16 @@ class TraceShipper:
             return self.spool.acked >= target
         deadline = time.monotonic() + timeout
         with self._progress:
-            attempts = self._attempts
+            # Attempts are numbered as they start; the first one started after our wake is
+            # the first whose failure says the server is not taking records now. An attempt
+            # already under way when we woke the thread may fail for reasons that are past.
+            first_new = self._started + 1
             self.wake()
             while self.spool.acked < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                # A failed attempt after our wake means the server is not taking records.
-                if self._attempts > attempts and self._failing:
+                if self._attempts >= first_new and self._failing:
                     return False
                 self._progress.wait(left)
         return True
@@ -416,6 +419,8 @@ class TraceShipper:
 
     def _ship(self, client: httpx.Client) -> bool:
         with self._ship_lock:
+            with self._progress:
+                self._started += 1
             try:
                 ok = self._ship_all(client)
             except Exception as exc:  # never let the thread die; report and back off
