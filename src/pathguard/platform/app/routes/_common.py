@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Final
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from sqlalchemy.orm import Session, sessionmaker
 
 from pathguard.platform.app.schemas import ErrorOut
 
-__all__ = ["AUTH_ERRORS", "AgentKeyPath", "Sessions", "get_sessions", "read_body"]
+__all__ = [
+    "AUTH_ERRORS",
+    "AgentKeyPath",
+    "Limit",
+    "Offset",
+    "Sessions",
+    "TextQuery",
+    "as_utc",
+    "get_sessions",
+    "read_body",
+]
 
 
 def get_sessions(request: Request) -> sessionmaker[Session]:
@@ -28,6 +39,16 @@ AUTH_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
 
 # Agent keys and task ids are bounded like the store bounds them (PostgreSQL text holds no NUL).
 AgentKeyPath = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]*$")]
+TextQuery = Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
+
+
+def as_utc(when: dt.datetime | None) -> dt.datetime | None:
+    """A query's date-time, read as UTC when it names no zone."""
+    if when is None or when.tzinfo is not None:
+        return when
+    return when.replace(tzinfo=dt.UTC)
 
 
 async def read_body(request: Request, limit: int, what: str) -> bytes:

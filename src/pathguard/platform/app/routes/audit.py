@@ -3,24 +3,26 @@ record of each broken task. Admin keys only."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from pathguard.platform.app.auth import Credentials, require_admin
-from pathguard.platform.app.routes._common import AUTH_ERRORS, Sessions
+from pathguard.platform.app.routes._common import (
+    AUTH_ERRORS,
+    Sessions,
+    TextQuery,
+)
 from pathguard.platform.store import verify_stored
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=AUTH_ERRORS)
 
-Text = Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")]
-
 
 @router.get("/verify")
 def verify(
-    sessions: Sessions, credentials: Credentials, agent: Text = None, task: Text = None
+    sessions: Sessions, credentials: Credentials, agent: TextQuery = None, task: TextQuery = None
 ) -> dict[str, Any]:
     """Recompute the stored chains (of one agent, one task, or all); `ok` says if all verify.
 

@@ -9,7 +9,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 
 from pathguard.platform.app.auth import Credentials, require_admin
-from pathguard.platform.app.routes._common import AUTH_ERRORS, Sessions
+from pathguard.platform.app.routes._common import (
+    AUTH_ERRORS,
+    Limit,
+    Offset,
+    Sessions,
+    TextQuery,
+    as_utc,
+)
 from pathguard.platform.app.schemas import ErrorOut, IncidentOut, IncidentPatch
 from pathguard.platform.store import list_incidents, update_incident
 
@@ -17,28 +24,20 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"], responses=AUTH_ERRORS)
 
-Text = Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")]
-
-
-def _aware(when: dt.datetime | None) -> dt.datetime | None:
-    if when is None or when.tzinfo is not None:
-        return when
-    return when.replace(tzinfo=dt.UTC)
-
 
 @router.get("", response_model=list[IncidentOut])
 def incidents(
     sessions: Sessions,
     credentials: Credentials,
-    agent: Text = None,
-    task: Text = None,
+    agent: TextQuery = None,
+    task: TextQuery = None,
     status: Annotated[
         Literal["open", "acknowledged", "resolved", "ignored"] | None, Query()
     ] = None,
     since: Annotated[dt.datetime | None, Query(description="Last seen at or after.")] = None,
     until: Annotated[dt.datetime | None, Query(description="First seen before.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[IncidentOut]:
     """Incidents, most recently seen first."""
     with sessions.begin() as session:
@@ -48,8 +47,8 @@ def incidents(
             agent_key=agent,
             task_id=task,
             status=status,
-            since=_aware(since),
-            until=_aware(until),
+            since=as_utc(since),
+            until=as_utc(until),
             limit=limit,
             offset=offset,
         )

@@ -19,7 +19,11 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from pathguard.platform.app.auth import Credentials, require_admin
-from pathguard.platform.app.routes._common import AUTH_ERRORS, Sessions
+from pathguard.platform.app.routes._common import (
+    AUTH_ERRORS,
+    Sessions,
+    as_utc,
+)
 from pathguard.platform.app.schemas import AgentOut, ErrorOut
 from pathguard.platform.models import Incident, TraceRecordRow, utcnow
 from pathguard.platform.store import NotFoundError, get_agent, policy_sets_for_agent, verify_stored
@@ -30,12 +34,6 @@ router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=AUTH_ERRORS
 
 AgentQuery = Annotated[str, Query(min_length=1, max_length=256, pattern=r"^[^\x00]*$")]
 NO_DECISION = "none"
-
-
-def _aware(when: dt.datetime | None) -> dt.datetime | None:
-    if when is None or when.tzinfo is not None:
-        return when
-    return when.replace(tzinfo=dt.UTC)
 
 
 def _counts(session: Session, column: Any, *where: Any) -> dict[str, int]:
@@ -131,7 +129,7 @@ def compliance(
     """An agent's registration, policy sets in force, activity, incidents and chain status."""
     with sessions.begin() as session:
         require_admin(session, credentials)
-        report = compliance_report(session, agent, start=_aware(start), end=_aware(end))
+        report = compliance_report(session, agent, start=as_utc(start), end=as_utc(end))
     if _wants_html(request, fmt):
         html = _templates().get_template("report.html").render(report=report)
         return HTMLResponse(html)

@@ -9,7 +9,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from pathguard.platform.app.auth import Credentials, require_admin
-from pathguard.platform.app.routes._common import AUTH_ERRORS, Sessions
+from pathguard.platform.app.routes._common import (
+    AUTH_ERRORS,
+    Limit,
+    Offset,
+    Sessions,
+    TextQuery,
+    as_utc,
+)
 from pathguard.platform.app.schemas import ErrorOut, TaskDetailOut, TaskOut
 from pathguard.platform.store import NotFoundError, list_tasks, task_records
 
@@ -17,21 +24,19 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=AUTH_ERRORS)
 
-Text = Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")]
-
 
 @router.get("", response_model=list[TaskOut])
 def tasks(
     sessions: Sessions,
     credentials: Credentials,
-    agent: Text = None,
+    agent: TextQuery = None,
     status_: Annotated[
         Literal["running", "completed", "error"] | None, Query(alias="status")
     ] = None,
     since: Annotated[dt.datetime | None, Query(description="Started at or after.")] = None,
     until: Annotated[dt.datetime | None, Query(description="Started before.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[TaskOut]:
     """Tasks, most recently updated first, filtered by agent, status and start time."""
     with sessions.begin() as session:
@@ -40,19 +45,12 @@ def tasks(
             session,
             agent_key=agent,
             status=status_,
-            since=_aware(since),
-            until=_aware(until),
+            since=as_utc(since),
+            until=as_utc(until),
             limit=limit,
             offset=offset,
         )
         return [TaskOut.of(t) for t in rows]
-
-
-def _aware(when: dt.datetime | None) -> dt.datetime | None:
-    # A time without a zone in a query string is read as UTC, like every stored time.
-    if when is None or when.tzinfo is not None:
-        return when
-    return when.replace(tzinfo=dt.UTC)
 
 
 @router.get(
