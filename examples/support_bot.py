@@ -46,24 +46,29 @@ CUSTOMERS = {
 }
 
 
+def describe(record: TraceRecord) -> str:
+    """One line for a trace record: its decision, step type, verb and name."""
+    decision = record.decision or {}
+    action = decision.get("action", "-")
+    if record.status == "blocked":
+        action = "BLOCK"
+    elif record.step_type == "step.gate":
+        gate = record.properties.get("guard", {})
+        action = f"gate:{gate.get('decision')}"
+    label = action.upper() if action in ("warn", "approve") else action
+    verb = record.verb or ""
+    line = f"  {label:<14}{record.step_type:<15}{verb:<6}{record.step_name or ''}"
+    shadow = [v["policy_id"] for v in decision.get("shadow", [])]
+    if shadow:
+        line += f"   (shadow: {', '.join(shadow)})"
+    return line
+
+
 class PrintSink:
     """A trace sink that prints each record as it is written (the demo's window on the path)."""
 
     def write(self, record: TraceRecord) -> None:
-        decision = record.decision or {}
-        action = decision.get("action", "-")
-        if record.status == "blocked":
-            action = "BLOCK"
-        elif record.step_type == "step.gate":
-            gate = record.properties.get("guard", {})
-            action = f"gate:{gate.get('decision')}"
-        label = action.upper() if action in ("warn", "approve") else action
-        verb = record.verb or ""
-        line = f"  {label:<14}{record.step_type:<15}{verb:<6}{record.step_name or ''}"
-        shadow = [v["policy_id"] for v in decision.get("shadow", [])]
-        if shadow:
-            line += f"   (shadow: {', '.join(shadow)})"
-        print(line)
+        print(describe(record))
 
     def flush(self) -> None:
         pass
@@ -81,16 +86,11 @@ def approver(request: ApprovalRequest) -> bool:
     return answer
 
 
-def build_agent(trace_path: Path) -> tuple[Guard, dict[str, Any]]:
+def build_agent(**options: Any) -> tuple[Guard, dict[str, Any]]:
+    """The support bot's Guard (options are passed on to it) and its governed tools."""
     # 2026-11-23 21:00 UTC: after office hours in Amsterdam, so the shadow policy shows up.
-    guard = Guard(
-        agent_key="support-bot",
-        policies=POLICIES,
-        approval_handler=approver,
-        trace_path=trace_path,
-        sinks=[PrintSink()],
-        clock=FakeClock(start=1795467600.0, step=1.0),
-    )
+    options.setdefault("clock", FakeClock(start=1795467600.0, step=1.0))
+    guard = Guard(agent_key="support-bot", approval_handler=approver, **options)
     guard.register_agent(
         name="Support Bot",
         purpose="Customer support triage and response",
@@ -158,33 +158,41 @@ def handle_ticket(guard: Guard, tools: dict[str, Any], ticket_id: str) -> None:
     tools["send_reply"](answer)
 
 
+def run_tickets(guard: Guard, tools: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Handle every ticket in a task of its own; {ticket: (task id, "done" or "blocked")}."""
+
+    def show_warning(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
+        print(f"  ! warning: {message}")
+
+    outcomes: dict[str, tuple[str, str]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PolicyWarning)
+        warnings.showwarning = show_warning
+        for ticket_id, ticket in TICKETS.items():
+            print(f"\n{ticket_id} · {ticket['subject']}")
+            task_id = ""
+            try:
+                with guard.task(context={"ticket": ticket_id}) as task_id:
+                    handle_ticket(guard, tools, ticket_id)
+                outcomes[ticket_id] = (task_id, "done")
+            except BlockedError as blocked:
+                outcomes[ticket_id] = (task_id, "blocked")
+                print(f"  → blocked: {blocked}")
+                print("    " + blocked.decision.explain().replace("\n", "\n    "))
+    return outcomes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trace", type=Path, help="where to write the JSONL trace")
     args = parser.parse_args(argv)
     trace_path = args.trace or Path(tempfile.mkdtemp(prefix="pathguard-demo-")) / "trace.jsonl"
 
-    guard, tools = build_agent(trace_path)
+    guard, tools = build_agent(policies=POLICIES, trace_path=trace_path, sinks=[PrintSink()])
     n = len(guard.engine.policy_set.policies)
     print(f"pathguard demo: support-bot under {POLICIES.name} ({n} policies)")
 
-    def show_warning(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
-        print(f"  ! warning: {message}")
-
-    outcomes: dict[str, str] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", PolicyWarning)
-        warnings.showwarning = show_warning
-        for ticket_id, ticket in TICKETS.items():
-            print(f"\n{ticket_id} · {ticket['subject']}")
-            try:
-                with guard.task(context={"ticket": ticket_id}):
-                    handle_ticket(guard, tools, ticket_id)
-                outcomes[ticket_id] = "done"
-            except BlockedError as blocked:
-                outcomes[ticket_id] = "blocked"
-                print(f"  → blocked: {blocked}")
-                print("    " + blocked.decision.explain().replace("\n", "\n    "))
+    outcomes = {ticket: outcome for ticket, (_, outcome) in run_tickets(guard, tools).items()}
     guard.close()
 
     result = verify_jsonl(trace_path)

@@ -42,3 +42,26 @@ def test_support_bot_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     result = verify_jsonl(trace)
     assert result.ok and result.tasks == 4
     assert "chain intact" in out
+
+
+def test_platform_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    demo = load_example("platform_demo")
+    database = tmp_path / "demo.db"
+    assert demo.main(["--database", str(database), "--port", "0", "--exit"]) == 0
+    out = capsys.readouterr().out
+    # The policies came from the server, and every record reached it.
+    assert "policies: enforcing; every record delivered: True" in out
+    # What the server stored: the blocked email, the approval gate, the warnings.
+    stored = out.split("What the platform stored:")[1]
+    assert "T-200 (blocked)" in stored and "BLOCK         step.message   POST  send_email" in stored
+    assert "gate:approved step.gate" in stored
+    assert stored.count("WARN          step.model") == 4
+    # Incidents raised from the ingested decisions, and the stored chains verified.
+    assert "block  no-email-after-customer-data [critical]" in stored
+    assert "injection-in-prompt [high] ×4" in stored
+    assert "audit: 4 tasks, 25 records, every chain intact" in stored
+    # Where to look, with the saved printable report.
+    report = tmp_path / "demo-report.html"
+    assert f"compliance report   {report.resolve()}" in out
+    assert "<title>Compliance report: Support Bot</title>" in report.read_text()
+    assert "/docs" in out and "admin key           pgk_" in out

@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
 
 from pathguard.errors import ConfigurationError
 from pathguard.platform.database import DATABASE_URL_ENV, create_engine, resolve_url
@@ -47,6 +48,36 @@ def test_the_models_match_the_migrations(fresh_url: URL) -> None:
     finally:
         engine.dispose()
     assert differences == []
+
+
+_INCIDENT = (
+    "INSERT INTO incidents (agent_key, task_id, policy_id, severity, action, reason, status, "
+    "count, first_seen, last_seen) VALUES ('a', NULL, :policy, 'high', :action, 'r', 'open', "
+    "1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+)
+
+
+def test_upgrading_from_0001_keeps_incidents_and_admits_approval_required(
+    fresh_url: URL,
+) -> None:
+    assert upgrade(fresh_url, revision="0001") == "0001"
+    engine = create_engine(fresh_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(_INCIDENT), {"policy": "before", "action": "block"})
+        assert upgrade(fresh_url) == head_revision()
+        with engine.begin() as connection:
+            connection.execute(text(_INCIDENT), {"policy": "after", "action": "approval_required"})
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(text(_INCIDENT), {"policy": "bad", "action": "shrug"})
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT policy_id, action FROM incidents ORDER BY id"))
+            assert [tuple(r) for r in rows] == [
+                ("before", "block"),
+                ("after", "approval_required"),
+            ]
+    finally:
+        engine.dispose()
 
 
 def test_the_default_database_is_a_sqlite_file_created_on_first_use(

@@ -14,9 +14,9 @@ tasks                (agent_key, task_id), started_at, ended_at, status (running
 trace_records        (agent_key, task_id, seq), record (the canonical JSON of the whole record),
                      hash, prev_hash, step_type, step_name, status, action, timestamp
 incidents            id; (agent_key, task_id, policy_id) unique; severity, action (warn, block,
-                     approval_denied), reason, status (open, acknowledged, resolved, ignored),
-                     count, first_seen, last_seen, seq (the first step), last_seq, acted_by,
-                     acted_at
+                     approval_denied, approval_required), reason, status (open,
+                     acknowledged, resolved, ignored), count, first_seen, last_seen,
+                     seq (the first step), last_seq, acted_by, acted_at
 webhooks             id, url, secret, events, created_at, created_by, deleted_at
 webhook_deliveries   id, webhook_id, event, payload, status (pending, delivered, failed),
                      attempts, next_attempt_at, last_attempt_at, response_status, error,
@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 INCIDENT_STATUSES: Final = ("open", "acknowledged", "resolved", "ignored")
-INCIDENT_ACTIONS: Final = ("warn", "block", "approval_denied")
+INCIDENT_ACTIONS: Final = ("warn", "block", "approval_denied", "approval_required")
 TASK_STATUSES: Final = ("running", "completed", "error")
 DELIVERY_STATUSES: Final = ("pending", "delivered", "failed")
 

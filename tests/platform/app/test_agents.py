@@ -83,6 +83,37 @@ def test_a_blocked_registration_is_answered_stored_and_opens_an_incident(
     assert fixed.json()["decision"]["action"] == "allow"
 
 
+def test_a_registration_needing_approval_opens_an_approval_required_incident(
+    agent_client: httpx.Client, admin: httpx.Client
+) -> None:
+    document = {
+        **NEEDS_OWNER,
+        "name": "high-risk-review",
+        "policies": [
+            {
+                "id": "high-risk-needs-review",
+                "scope": "agent_registration",
+                "rule": "field_in_list",
+                "params": {"field": "risk_classification", "values": ["minimal", "limited"]},
+                "effect": "approve",
+            }
+        ],
+    }
+    set_id = admin.post("/v1/policy-sets", json=document).json()["id"]
+    admin.post("/v1/agents/support-bot/assignments", json={"policy_set_ids": [set_id]})
+    response = agent_client.post(
+        "/v1/agents/register",
+        json={"name": "Bot", "purpose": "help", "risk_classification": "high"},
+    )
+    assert response.json()["decision"]["action"] == "approve"
+    [incident] = admin.get("/v1/incidents", params={"agent": "support-bot"}).json()
+    assert (incident["policy_id"], incident["action"], incident["status"]) == (
+        "high-risk-needs-review",
+        "approval_required",
+        "open",
+    )
+
+
 def test_an_admin_registers_an_agent_it_names(admin: httpx.Client) -> None:
     missing = admin.post("/v1/agents/register", json={"name": "Bot", "purpose": "help"})
     assert missing.status_code == 422

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 _SEVERITY_RANK: Final = {"low": 0, "medium": 1, "high": 2, "critical": 3}
-_ACTION_RANK: Final = {"warn": 0, "approval_denied": 1, "block": 2}
+_ACTION_RANK: Final = {"warn": 0, "approval_required": 1, "approval_denied": 2, "block": 3}
 # Which status an incident may move to from each status (reopening is allowed).
 _TRANSITIONS: Final = {
     "open": frozenset({"acknowledged", "resolved", "ignored"}),

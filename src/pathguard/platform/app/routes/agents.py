@@ -3,10 +3,14 @@
 
 Registering checks what the agent declares against the `agent_registration` policies of the
 policy sets assigned to it, stores the agent with that decision, and answers with it. Each
-enforced violation also opens (or repeats) an incident, so a refused registration is seen.
+enforced violation also opens (or repeats) an incident, so a refused registration is seen:
+action `block` or `warn` by the policy's effect, and `approval_required` for an `approve`
+policy (the server asks no one; the incident queue is where a person takes it up).
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy.orm import Session
@@ -40,6 +44,12 @@ from pathguard.platform.store import (
 from pathguard.vocabulary import AgentRegistration
 
 __all__ = ["evaluate_registration", "router"]
+
+_REGISTRATION_ACTIONS: Final = {
+    Effect.warn: "warn",
+    Effect.approve: "approval_required",
+    Effect.block: "block",
+}
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=AUTH_ERRORS)
 
@@ -101,7 +111,7 @@ def register(body: RegistrationIn, sessions: Sessions, credentials: Credentials)
                 task_id=None,
                 policy_id=v.policy_id,
                 severity=v.severity.value,
-                action="warn" if v.effect is Effect.warn else "block",
+                action=_REGISTRATION_ACTIONS[v.effect],
                 reason=v.reason,
             )
         return RegistrationOut(
