@@ -15,12 +15,18 @@ from pathguard.testing import isolated_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+# Pages whose examples need a running platform server: their own tests run them against one.
+NEEDS_SERVER = {
+    ROOT / "docs" / "how-to" / "run-the-platform.md": "tests/platform/app/test_howto_platform.py",
+}
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
 def blocks(language: str) -> list[tuple[str, str]]:
     found = []
     for path in DOCS:
+        if language == "python" and path in NEEDS_SERVER:
+            continue
         text = path.read_text(encoding="utf-8")
         for i, match in enumerate(FENCE.finditer(text)):
             if match.group(1) == language:
@@ -33,6 +39,12 @@ def test_python_examples_run(where: str, code: str, tmp_path: Path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with isolated_rules(), contextlib.redirect_stdout(io.StringIO()):
         exec(compile(code, where, "exec"), {"__name__": "__docs__"})
+
+
+def test_pages_that_need_a_server_have_their_own_test() -> None:
+    for page, test in NEEDS_SERVER.items():
+        assert page.exists() and (ROOT / test).exists()
+        assert page.name in (ROOT / test).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(("where", "text"), blocks("yaml"), ids=lambda v: v)

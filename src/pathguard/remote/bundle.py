@@ -17,7 +17,7 @@ X-Pathguard-Signature: hmac-sha256=<hex digest>, ed25519=<base64 signature>
 Every configured key must verify: with a secret and a public key both configured, a bundle
 needs both signatures. With neither configured, the body is only validated as a policy
 document. The ETag is not covered by a signature; it is a cache validator, not a claim.
-Ed25519 needs the `cryptography` package (`pip install 'pathguard[server]'`); HMAC does not.
+Ed25519 needs the `cryptography` package (`pip install 'pathguard[client]'`); HMAC does not.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _require_cryptography() -> None:
     except ImportError as exc:  # pragma: no cover - the dev environment has cryptography
         raise ImportError(
             "Ed25519 policy signatures need the cryptography package; install it with "
-            "pip install 'pathguard[server]'."
+            "pip install 'pathguard[client]'."
         ) from exc
 
 
