@@ -9,8 +9,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from pathguard.decisions import Action
 from pathguard.engine import PolicyEngine
-from pathguard.platform.app.routes.engine import EngineCache, ReplayedTask
+from pathguard.platform.engine_service import EngineCache, Reach, ReplayedTask, agent_window
+from pathguard.policies import load_policies
+from pathguard.trace import HashChain
 from pathguard.vocabulary import Behavior, Status, StepType
 
 AGENT = "support-bot"
@@ -259,3 +262,178 @@ def test_the_engine_cache_keeps_the_latest_engines_and_never_goes_back_along_a_c
     taken = cache.take(keys[1])
     assert taken is not None and taken.next_seq == 3
     assert cache.take(keys[1]) is None  # taken engines belong to one request until put back
+
+
+# -- per-agent policies count every task of the agent ---------------------------------------
+
+AGENT_POLICIES: dict[str, Any] = {
+    "version": 1,
+    "name": "agent-limits",
+    "policies": [
+        {
+            "id": "two-model-calls-a-minute",
+            "when": {"step_type": "step.model"},
+            "rule": "rate_limit",
+            "params": {"max": 2, "window_seconds": 60, "per": "agent", "filter": "step.model"},
+            "effect": "block",
+        },
+        {
+            "id": "one-deploy-a-day",
+            "when": {"step_type": "step.exec"},
+            "rule": "all_of",
+            "params": {
+                "rules": [
+                    {
+                        "rule": "rate_limit",
+                        "params": {
+                            "max": 1,
+                            "window_seconds": 86_400,
+                            "per": "agent",
+                            "filter": {"step_type": "step.exec", "step_name": "deploy"},
+                        },
+                    }
+                ]
+            },
+            "effect": "warn",
+        },
+        {
+            "id": "one-model-call-per-task",
+            "rule": "max_steps",
+            "params": {"max": 1, "filter": "step.model"},
+            "effect": "warn",
+        },
+    ],
+}
+
+
+class Twin:
+    """Sends each step to the service and to one in-process engine that sees every task of
+    the agent, and checks that both decide the same."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.local = PolicyEngine(AGENT_POLICIES)
+
+    def _behavior(self, body: dict[str, Any]) -> Behavior:
+        fields = {k: v for k, v in body.items() if k not in ("task_id", "step_type")}
+        return Behavior(
+            step_type=StepType.parse(body["step_type"]),
+            agent_key=AGENT,
+            task_id=body["task_id"],
+            **fields,
+        )
+
+    def evaluate(self, body: dict[str, Any], client: httpx.Client | None = None) -> str:
+        remote = post(client or self.client, "/v1/evaluate", body)
+        decision = self.local.evaluate(self._behavior(body))
+        assert remote == decision.to_dict() | {"explain": decision.explain()}
+        return decision.action.value
+
+    def record(self, body: dict[str, Any]) -> str:
+        """Evaluate, then record the step as an SDK would: blocked when refused."""
+        action = self.evaluate(body)
+        status = "blocked" if action == "block" else "completed"
+        stored = post(self.client, "/v1/record", body | {"status": status})
+        assert stored["record"]["decision"]["action"] == action
+        self.local.record(self._behavior(body).replace(status=Status(status)))
+        return action
+
+    def ship(self, task_id: str, steps: list[dict[str, Any]]) -> None:
+        """Record allowed steps in-process as the SDK does and send them as a trace batch."""
+        chain = HashChain()
+        records = []
+        for body in steps:
+            behavior = self._behavior(body | {"task_id": task_id})
+            decision = self.local.evaluate(behavior)
+            assert decision.action is Action.allow
+            done = behavior.replace(status=Status.completed)
+            records.append(chain.append(done, decision).to_dict())
+            self.local.record(done)
+        response = self.client.post("/v1/traces", json={"records": records})
+        assert response.status_code == 200, response.text
+
+
+def model_call(task_id: str, at: float) -> dict[str, Any]:
+    return step(task_id, "step.model", at, step_name="chat")
+
+
+def deploy(task_id: str, at: float) -> dict[str, Any]:
+    return step(task_id, "step.exec", at, step_name="deploy")
+
+
+def test_per_agent_limits_count_the_agents_other_tasks_like_one_local_engine(
+    engine: Engine,
+    serve: Callable[[Engine], str],
+    agent_client: httpx.Client,
+    admin: httpx.Client,
+) -> None:
+    assign(admin, AGENT_POLICIES)
+    twin = Twin(agent_client)
+    twin.record(step("a1", "task.start", 0))
+    assert twin.record(model_call("a1", 1)) == "allow"
+    assert twin.record(model_call("a1", 2)) == "warn"  # the task's second
+    assert twin.record(deploy("a1", 3)) == "allow"
+    post(agent_client, "/v1/tasks/a1/end", {"timestamp": T0 + 4})
+
+    # A second task of the same agent, which has made no call yet: the agent made two in
+    # the last minute (in a1), so this one is refused; a1's deploy makes this one warn.
+    twin.record(step("a2", "task.start", 10))
+    assert twin.record(model_call("a2", 11)) == "block"
+    assert twin.record(deploy("a2", 13)) == "warn"
+    assert twin.record(model_call("a2", 62)) == "allow"  # a1's calls are a minute old
+
+    # The SDK of another process ships a task of the same agent as a trace batch; its call
+    # counts: with a2's at 62 it fills the minute before 66.
+    twin.ship("sdk", [step("", "task.start", 63), model_call("", 64)])
+    twin.record(step("a3", "task.start", 65))
+    assert twin.evaluate(model_call("a3", 66)) == "block"
+    assert twin.record(model_call("a3", 123)) == "allow"
+
+    # A server process of its own starts with an empty cache and decides the same, for a
+    # task it has never seen and for one with stored steps.
+    with httpx.Client(
+        base_url=serve(engine), headers=dict(agent_client.headers), timeout=30
+    ) as fresh:
+        assert twin.evaluate(model_call("a4", 124), fresh) == "allow"
+        assert twin.evaluate(model_call("a3", 124), fresh) == "warn"
+        assert twin.evaluate(deploy("a3", 125), fresh) == "warn"
+        # Its cached engine of a3 catches up with a step the first worker stores in
+        # another task...
+        twin.record(step("a5", "task.start", 125))
+        assert twin.record(model_call("a5", 125.5)) == "allow"
+        assert twin.evaluate(model_call("a3", 126), fresh) == "block"
+        # ... counts that step once (a3's own call at 123 has left the minute at 184) ...
+        assert twin.evaluate(model_call("a3", 184), fresh) == "warn"
+        # ... and serves steps stamped days later, then earlier again.
+        assert twin.evaluate(model_call("a3", 200_000), fresh) == "warn"
+        assert twin.evaluate(model_call("a3", 184), fresh) == "warn"
+    assert twin.evaluate(model_call("a3", 126)) == "block"
+
+
+def test_of_other_tasks_the_service_reads_only_what_per_agent_policies_can_count() -> None:
+    window = agent_window(load_policies(AGENT_POLICIES))
+    assert window is not None
+    # Model calls of the last minute and deploys of the last day, completed ones only; the
+    # per-task policy needs nothing from other tasks.
+    assert set(window.reaches) == {
+        Reach(step_types=frozenset({"step.model"}), seconds=60, attempts=False),
+        Reach(step_types=frozenset({"step.exec"}), seconds=86_400, attempts=False),
+    }
+    assert window.shortest == 60
+    attempts = {
+        "version": 1,
+        "name": "attempts",
+        "policies": [
+            {
+                "id": "few-tries",
+                "rule": "rate_limit",
+                "params": {"max": 5, "window_seconds": 10, "per": "agent", "count_attempts": True},
+            }
+        ],
+    }
+    counted = agent_window(load_policies(attempts))
+    assert counted is not None
+    [reach] = counted.reaches
+    assert (reach.seconds, reach.attempts) == (10, True)
+    assert reach.step_types is not None and "step.exec" in reach.step_types
+    assert agent_window(load_policies(POLICIES)) is None

@@ -34,7 +34,14 @@ from pathguard.platform.store.policy_sets import (
     unassign_policy_set,
     update_policy_set,
 )
-from pathguard.platform.store.tasks import get_task, list_tasks, task_records
+from pathguard.platform.store.tasks import (
+    RecordSlice,
+    agent_record_keys,
+    agent_records,
+    get_task,
+    list_tasks,
+    task_records,
+)
 from pathguard.platform.store.verify import ChainProblem, StoredVerifyResult, verify_stored
 from pathguard.platform.store.webhooks import (
     create_webhook,
@@ -53,8 +60,11 @@ __all__ = [
     "InvalidTransitionError",
     "NotFoundError",
     "PolicySetView",
+    "RecordSlice",
     "StoredVerifyResult",
     "TaskTail",
+    "agent_record_keys",
+    "agent_records",
     "assign_policy_sets",
     "count_rows",
     "create_policy_set",

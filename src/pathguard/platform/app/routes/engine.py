@@ -10,20 +10,18 @@
   targets `task.end` may refuse it: the marker is then recorded as blocked and the task stays
   open.
 
-The server keeps no state between requests, so a task's engine state is rebuilt from what is
-stored: the agent's effective policy set, its stored registration and the task's records,
-replayed through a fresh `PolicyEngine`. Each process keeps the engines it built in an LRU
-(`EngineCache`) and catches a cached one up with the records stored since, after checking
-that they continue the chain it saw; the stored chain, not the cache, is the truth.
-
-Known limit: monitors kept per agent (`per: agent` counting rules) see only the records of
-the task being evaluated, not the agent's other tasks.
+The server keeps no state between requests: each decision is made by an engine rebuilt from
+what is stored (`pathguard.platform.engine_service`), the task's records replayed in order,
+with a per-process cache that is caught up from the database and never trusted over it.
+Policies kept per agent (`rate_limit` with `per: agent`) count the agent's other tasks too,
+whether their records came through `/v1/record` or through SDK batches on `/v1/traces`: the
+engine observes the stored records each such policy can still count (its step types, within
+its `window_seconds` before the step's timestamp), so the service decides as one in-process
+engine that had recorded all of the agent's tasks would.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -34,15 +32,21 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session, sessionmaker
 
-from pathguard.canonical import canonical_hash
 from pathguard.decisions import Action, Decision
 from pathguard.engine import PolicyEngine
-from pathguard.errors import InvalidBehaviorError, TraceIntegrityError
+from pathguard.errors import InvalidBehaviorError
 from pathguard.platform.app.auth import Credentials, require_principal
 from pathguard.platform.app.routes._common import AUTH_ERRORS, Sessions
 from pathguard.platform.app.routes.bundle import BundleConflictError, effective_policy_set
 from pathguard.platform.app.schemas import ErrorOut
-from pathguard.platform.models import Agent
+from pathguard.platform.engine_service import (
+    CacheKey,
+    EngineCache,
+    ReplayedTask,
+    UnreplayableError,
+    registration_of,
+    task_engine,
+)
 from pathguard.platform.store import (
     IngestError,
     NotFoundError,
@@ -50,17 +54,14 @@ from pathguard.platform.store import (
     get_task,
     ingest_traces,
     policy_sets_for_agent,
-    task_records,
 )
-from pathguard.trace import GENESIS, TraceRecord
-from pathguard.vocabulary import AgentRegistration, Behavior, Status, StepType
+from pathguard.trace import TraceRecord
+from pathguard.vocabulary import Behavior, Status, StepType
 
 __all__ = [
-    "EngineCache",
     "EvaluateIn",
     "RecordIn",
     "RecordOut",
-    "ReplayedTask",
     "TaskEndIn",
     "router",
 ]
@@ -69,7 +70,6 @@ router = APIRouter(tags=["engine"], responses=AUTH_ERRORS)
 
 # A record lost to a concurrent writer of the same task is decided and linked again.
 _ATTEMPTS: Final = 5
-_PAGE: Final = 10_000
 _LATEST_TIMESTAMP: Final = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 
 _Key = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00]*$")]
@@ -152,47 +152,7 @@ class RecordOut(BaseModel):
     task_status: str
 
 
-# -- per-process cache of replayed engines ------------------------------------------------------
-
-_CacheKey = tuple[str, str, str, str]  # agent, task, policy set digest, registration digest
-
-
-@dataclasses.dataclass(slots=True)
-class ReplayedTask:
-    """An engine that has recorded a task's records up to `next_seq - 1`, ending at `head`."""
-
-    engine: PolicyEngine
-    next_seq: int
-    head: str
-
-
-class EngineCache:
-    """A bounded LRU of replayed engines. A request takes an engine out (so no two requests
-    share one) and puts it back only when what it did was committed."""
-
-    def __init__(self, maxsize: int = 256) -> None:
-        if maxsize < 1:
-            raise ValueError("maxsize must be at least 1.")
-        self.maxsize = maxsize
-        self._entries: collections.OrderedDict[_CacheKey, ReplayedTask] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def take(self, key: _CacheKey) -> ReplayedTask | None:
-        with self._lock:
-            return self._entries.pop(key, None)
-
-    def put(self, key: _CacheKey, replayed: ReplayedTask) -> None:
-        with self._lock:
-            current = self._entries.get(key)
-            if current is not None and current.next_seq > replayed.next_seq:
-                return  # another request got further along this task's chain
-            self._entries[key] = replayed
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.maxsize:
-                self._entries.popitem(last=False)
+# -- the task's engine -------------------------------------------------------------------------
 
 
 _CACHE_LOCK: Final = threading.Lock()
@@ -209,90 +169,19 @@ def _cache(request: Request) -> EngineCache:
     return cache
 
 
-# -- rebuilding a task's engine -----------------------------------------------------------------
-
-
-def _registration(agent: Agent | None) -> AgentRegistration | None:
-    if agent is None:
-        return None
-    return AgentRegistration(
-        agent_key=agent.key,
-        name=agent.name,
-        purpose=agent.purpose,
-        owner=agent.owner,
-        tools=tuple(str(t) for t in agent.tools),
-        risk_classification=agent.risk_classification,  # type: ignore[arg-type]
-        environment=agent.environment,
-        metadata=agent.meta,
-    )
-
-
-def _stored(session: Session, agent_key: str, task_id: str, after_seq: int) -> list[TraceRecord]:
-    """The task's stored records after `after_seq`, in seq order, page by page."""
-    out: list[TraceRecord] = []
-    while True:
-        page = task_records(session, agent_key, task_id, after_seq=after_seq, limit=_PAGE)
-        try:
-            out.extend(TraceRecord.from_dict(d) for d in page)
-        except TraceIntegrityError as exc:
-            raise _unreplayable(task_id, str(exc)) from None
-        if len(page) < _PAGE:
-            return out
-        after_seq = out[-1].seq
-
-
-def _unreplayable(task_id: str, why: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_409_CONFLICT,
-        detail=(
-            f"The stored records of task {task_id!r} cannot be replayed ({why}); check the "
-            "chain with GET /v1/audit/verify."
-        ),
-    )
-
-
-def _replay(replayed: ReplayedTask, records: list[TraceRecord], task_id: str) -> None:
-    for record in records:
-        if record.seq != replayed.next_seq or record.prev_hash != replayed.head:
-            raise _unreplayable(task_id, f"the record at seq {record.seq} breaks the chain")
-        try:
-            behavior = record.to_behavior()
-        except (InvalidBehaviorError, ValueError) as exc:
-            raise _unreplayable(task_id, str(exc)) from None
-        replayed.engine.record(behavior)
-        replayed.next_seq += 1
-        replayed.head = record.hash
-
-
 def _engine_for(
-    session: Session, cache: EngineCache, agent_key: str, task_id: str
-) -> tuple[_CacheKey, ReplayedTask]:
-    """The task's engine, from the cache caught up with the stored chain, or built afresh."""
+    session: Session, cache: EngineCache, agent_key: str, task_id: str, now: float
+) -> tuple[CacheKey, ReplayedTask]:
+    """The task's engine, caught up with what is stored, for a step stamped `now`."""
     try:
         policy_set = effective_policy_set(agent_key, policy_sets_for_agent(session, agent_key))
     except BundleConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
-    registration = _registration(get_agent(session, agent_key))
-    fingerprint = "" if registration is None else canonical_hash(registration.to_dict())
-    key = (agent_key, task_id, policy_set.digest, fingerprint)
-    task = get_task(session, agent_key, task_id)
-    stored_next, stored_head = (0, GENESIS) if task is None else (task.step_count, task.head_hash)
-    cached = cache.take(key)
-    if cached is not None:
-        if cached.next_seq == stored_next and cached.head == stored_head:
-            return key, cached
-        if cached.next_seq < stored_next:
-            newer = _stored(session, agent_key, task_id, cached.next_seq - 1)
-            if newer and newer[0].prev_hash == cached.head:
-                _replay(cached, newer, task_id)
-                return key, cached
-    engine = PolicyEngine(policy_set)
-    if registration is not None:
-        engine.register(registration)
-    engine.start_task(task_id, agent_key=agent_key)
-    fresh = ReplayedTask(engine=engine, next_seq=0, head=GENESIS)
-    _replay(fresh, _stored(session, agent_key, task_id, -1), task_id)
-    return key, fresh
+    registration = registration_of(get_agent(session, agent_key))
+    try:
+        return task_engine(session, cache, policy_set, registration, agent_key, task_id, now)
+    except UnreplayableError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -319,7 +208,12 @@ def _acting_agent(
     return agent_key
 
 
-def _behavior(body: _BehaviorIn, agent_key: str, status_: str) -> Behavior:
+def _now(timestamp: float | None) -> float:
+    """A step's time: the one it was sent with, else the server's clock."""
+    return time.time() if timestamp is None else timestamp
+
+
+def _behavior(body: _BehaviorIn, agent_key: str, status_: str, now: float) -> Behavior:
     try:
         return Behavior(
             step_type=StepType.parse(body.step_type),
@@ -332,7 +226,7 @@ def _behavior(body: _BehaviorIn, agent_key: str, status_: str) -> Behavior:
             agent_key=agent_key,
             task_id=body.task_id,
             status=Status(status_),
-            timestamp=time.time() if body.timestamp is None else body.timestamp,
+            timestamp=now,
         )
     except InvalidBehaviorError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
@@ -369,10 +263,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Decide on an intended step from the task's recorded path; stores nothing."""
     cache = _cache(request)
+    now = _now(body.timestamp)
     with sessions.begin() as session:
         agent_key = _acting_agent(session, credentials, body.agent_key)
-        behavior = _behavior(body, agent_key, body.status)
-        key, replayed = _engine_for(session, cache, agent_key, body.task_id)
+        behavior = _behavior(body, agent_key, body.status, now)
+        key, replayed = _engine_for(session, cache, agent_key, body.task_id, now)
     if behavior.status is Status.completed:
         decision = replayed.engine.evaluate_output(behavior)
     else:
@@ -390,9 +285,11 @@ def _append(
     credentials: HTTPAuthorizationCredentials | None,
     named: str | None,
     task_id: str,
+    now: float,
     build: _Build,
 ) -> dict[str, Any]:
-    """Decide on, link and store one behaviour; retried when another writer got there first.
+    """Decide on, link and store one behaviour stamped `now`; retried when another writer
+    got there first.
 
     `build(agent_key, engine)` returns the behaviour to record, or raises HTTPException.
     """
@@ -409,7 +306,7 @@ def _append(
                             "new work under a new task_id."
                         ),
                     )
-                key, replayed = _engine_for(session, cache, agent_key, task_id)
+                key, replayed = _engine_for(session, cache, agent_key, task_id, now)
                 behavior, decision = build(agent_key, replayed.engine)
                 record = TraceRecord.from_behavior(
                     behavior, decision=decision, seq=replayed.next_seq, prev_hash=replayed.head
@@ -452,11 +349,13 @@ def record(
 ) -> dict[str, Any]:
     """Append a completed, failed or blocked step to its task's stored chain."""
 
+    now = _now(body.timestamp)
+
     def build(agent_key: str, engine: PolicyEngine) -> tuple[Behavior, Decision]:
-        behavior = _behavior(body, agent_key, body.status)
+        behavior = _behavior(body, agent_key, body.status, now)
         return behavior, _decide(engine, behavior)
 
-    return _append(sessions, _cache(request), credentials, body.agent_key, body.task_id, build)
+    return _append(sessions, _cache(request), credentials, body.agent_key, body.task_id, now, build)
 
 
 TaskIdPath = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]*$")]
@@ -481,6 +380,7 @@ def end_task(
     task stays open (`task_status: running`). `task.error` cannot be refused.
     """
     end = body if body is not None else TaskEndIn()
+    now = _now(end.timestamp)
 
     def build(agent_key: str, engine: PolicyEngine) -> tuple[Behavior, Decision]:
         task = engine.task(task_id)
@@ -498,7 +398,7 @@ def end_task(
             output=end.output if end.error is None else {"message": end.error},
             agent_key=agent_key,
             task_id=task_id,
-            timestamp=time.time() if end.timestamp is None else end.timestamp,
+            timestamp=now,
         )
         decision = engine.evaluate(marker)
         refused = step_type is StepType.task_end and decision.action in (
@@ -507,4 +407,4 @@ def end_task(
         )
         return marker.replace(status=Status.blocked if refused else Status.completed), decision
 
-    return _append(sessions, _cache(request), credentials, end.agent_key, task_id, build)
+    return _append(sessions, _cache(request), credentials, end.agent_key, task_id, now, build)
