@@ -116,6 +116,30 @@ def test_the_hash_is_sha256_of_prev_hash_and_the_canonical_body() -> None:
     assert record.verify_hash()
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"text": "refund ü", "emoji": "😀", "quote": 'a "b" \\ c\n'},
+        {"floats": [0.1, 1e-7, 1e21, 2.0, -0.0], "big": 2**53 - 1, "none": None, "yes": True},
+        {"nested": {"z": 1, "a": [{"b": {}}, []], "é": "x", "😀": 1}},
+    ],
+    ids=["strings", "numbers", "nested"],
+)
+def test_a_records_line_is_its_canonical_json_and_hashes_like_its_body(
+    content: dict[str, Any],
+) -> None:
+    import rfc8785
+
+    behavior = task_behaviors()[1].replace(input=content, output=content, meta=content)
+    decided = HashChain().append(behavior, PolicyEngine().evaluate(behavior))
+    for record in (decided, HashChain().append(behavior)):
+        assert record.canonical_line() == rfc8785.dumps(record.to_dict()) + b"\n"
+        assert record.verify_hash()
+        again = TraceRecord.from_dict(json.loads(record.canonical_line()))
+        assert again == record
+        assert again.canonical_line() == record.canonical_line()  # encoded again, the same
+
+
 def test_a_record_round_trips_through_its_dict_and_json() -> None:
     for record in chain_of(task_behaviors()):
         again = TraceRecord.from_dict(json.loads(json.dumps(record.to_dict())))

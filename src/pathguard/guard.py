@@ -40,10 +40,13 @@ from pathguard.capture import CaptureLimits, to_jsonable
 from pathguard.config import (
     UNSET,
     Unset,
-    default_cache_dir,
+    connect,
     env,
-    env_int,
+    fail_mode_option,
+    history_limit_option,
+    incident_webhook_option,
     limits_from_env,
+    platform_options,
     policy_source,
 )
 from pathguard.decisions import Action, Decision, Effect, Mode, Severity, Violation
@@ -75,7 +78,7 @@ from pathguard.vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from pathguard.remote.spool import TraceSpool
+    from pathguard.remote.link import PlatformLink
     from pathguard.remote.sync import PolicySync, TraceShipper
 
 __all__ = ["ApprovalRequest", "Guard", "PolicyWarning"]
@@ -103,25 +106,26 @@ class _TaskHandle:
         self.parent = parent
         self.chain = chain
         # The engine in force when the task started: a policy update applies to new tasks,
-        # so an open task's path history is never cut in two.
+        # so an open task's path history is never cut in two (a task started before the
+        # first platform set arrived moves to it with its history: see Guard._move_task).
         self.engine = engine
 
 
 class Guard:
     """Governs one agent: checks each step against path policies before it runs.
 
-    Every option can also be set with a `PATHGUARD_*` environment variable (an explicit
-    argument wins): PATHGUARD_AGENT_KEY, PATHGUARD_POLICIES (a file), PATHGUARD_TEMPLATE,
-    PATHGUARD_FAIL_MODE, PATHGUARD_TRACE_PATH, PATHGUARD_HISTORY_LIMIT, PATHGUARD_MAX_STRING,
-    PATHGUARD_MAX_ITEMS, PATHGUARD_MAX_DEPTH, PATHGUARD_API_URL, PATHGUARD_API_KEY,
-    PATHGUARD_CACHE_DIR, PATHGUARD_POLICY_TTL.
+    Every option can also be set with a `PATHGUARD_<OPTION>` environment variable (an
+    explicit argument wins); docs/reference/guard.md lists them.
 
-    With `api_url`, policies come from the platform (`guard.policy_sync`, verified with
-    PATHGUARD_POLICY_HMAC_SECRET / PATHGUARD_POLICY_ED25519_PUBLIC_KEY) and the trace goes to
-    an on-disk spool in `cache_dir` that `guard.trace_shipper` ships in the background. A
-    policy update applies to tasks started after it; open tasks finish under the set they
-    started with. With fail_mode "closed", every `step.*` is blocked while no verified
-    policy set was ever loaded (violation `pathguard.no-policies`).
+    With `api_url`, policies come from the platform (`guard.policy_sync`) and the trace goes
+    to an on-disk spool that `guard.trace_shipper` ships in the background (see
+    `pathguard.remote.link`). The agent's thread then only queues each step for the trace: a
+    background thread builds the hash-chained records. A process killed without warning loses
+    what is still queued (at most `trace_queue_size` records); `flush()` and `close()` make it
+    durable. Without `api_url`, records reach the sinks before the step returns.
+
+    With `incident_webhook`, every warn, block and denied approval is also POSTed there, from
+    a background thread (`pathguard.remote.webhook`).
     """
 
     def __init__(
@@ -142,6 +146,9 @@ class Guard:
         clock: Callable[[], float] = time.time,
         cache_dir: str | Path | Unset | None = UNSET,
         policy_ttl: float | Unset = UNSET,
+        trace_queue_size: int | Unset = UNSET,
+        incident_webhook: str | Unset | None = UNSET,
+        incident_webhook_secret: str | Unset | None = UNSET,
     ) -> None:
         key = agent_key or env("AGENT_KEY")
         if not key:
@@ -150,33 +157,11 @@ class Guard:
                 "PATHGUARD_AGENT_KEY."
             )
         self.agent_key: str = key
-        url = env("API_URL") if isinstance(api_url, Unset) else api_url
-        self.api_url: str | None = url or None
-        self.api_key = env("API_KEY") if isinstance(api_key, Unset) else api_key
-        if self.api_url and not self.api_key:
-            raise ConfigurationError(
-                "Guard(api_url=...) needs the agent's API key: pass api_key=... or set "
-                "PATHGUARD_API_KEY (create one with `pathguard keys create`)."
-            )
-        mode = env("FAIL_MODE") if isinstance(fail_mode, Unset) else fail_mode
-        mode = mode or "closed"
-        if mode not in ("closed", "open"):
-            raise ConfigurationError(f"fail_mode must be 'closed' or 'open', not {mode!r}.")
-        self.fail_mode: Literal["closed", "open"] = cast(Literal["closed", "open"], mode)
-        source = env("POLICIES") if isinstance(policies, Unset) else policies
-        if self.api_url and source is not None:
-            raise ConfigurationError(
-                "Guard got both policies= (or PATHGUARD_POLICIES) and api_url=; with api_url "
-                "the policies come from the platform, so remove one of them."
-            )
-        limit = env_int("HISTORY_LIMIT") if isinstance(history_limit, Unset) else history_limit
-        if limit is not None and limit < 0:
-            raise ConfigurationError(
-                f"history_limit (PATHGUARD_HISTORY_LIMIT) must be 0 or more, not {limit}."
-            )
+        self.api_url, self.api_key, source = platform_options(api_url, api_key, policies)
+        self.fail_mode = fail_mode_option(fail_mode)
         self.engine = PolicyEngine(
             None if source is None else policy_source(source),
-            history_limit=1000 if limit is None else limit,
+            history_limit=history_limit_option(history_limit),
         )
         tpl = env("TEMPLATE") if isinstance(template, Unset) else template
         self.template = load_template(tpl)
@@ -196,94 +181,43 @@ class Guard:
             contextvars.ContextVar(f"pathguard_overrides_{id(self):x}", default=({}, {}))
         )
         self.registration: AgentRegistration | None = None
-        self._initial_engine = self.engine
-        self.policy_sync: PolicySync | None = None
-        self.trace_shipper: TraceShipper | None = None
-        self._spool: TraceSpool | None = None
-        self._waited_for_policies = False
-        if self.api_url:
-            self._connect(self.api_url, self.api_key or "", cache_dir, policy_ttl)
-
-    def _connect(
-        self,
-        api_url: str,
-        api_key: str,
-        cache_dir: str | Path | Unset | None,
-        policy_ttl: float | Unset,
-    ) -> None:
-        try:
-            from pathguard.remote.bundle import VerificationKeys
-            from pathguard.remote.spool import TraceSpool
-            from pathguard.remote.sync import PolicySync, TraceShipper
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"Guard(api_url=...) needs the platform client: {exc}"
-            ) from None
-        directory = env("CACHE_DIR") if isinstance(cache_dir, Unset) else cache_dir
-        root = Path(directory) if directory else default_cache_dir(self.agent_key)
-        ttl = env_int("POLICY_TTL") if isinstance(policy_ttl, Unset) else policy_ttl
-        if ttl is not None and ttl <= 0:
-            raise ConfigurationError(
-                f"policy_ttl (PATHGUARD_POLICY_TTL) must be more than 0 seconds, not {ttl}."
-            )
-        self._spool = TraceSpool(root / "spool")
-        self._sinks.append(self._spool)
-        self.trace_shipper = TraceShipper(api_url, api_key, self._spool).start()
-        self.policy_sync = PolicySync(
-            api_url,
-            api_key,
-            self.agent_key,
-            cache_dir=root / "policies",
-            keys=VerificationKeys.from_env(),
-            ttl=300.0 if ttl is None else float(ttl),
-            on_update=self._policies_updated,
-        ).start()
-
-    def _policies_updated(self, policy_set: PolicySet) -> None:
-        """PolicySync's callback: a new engine for tasks started from now on."""
-        engine = PolicyEngine(policy_set, history_limit=self.engine.history_limit)
-        with self._lock:
-            if self.registration is not None:
-                engine.register(self.registration)
-            self.engine = engine
-
-    def _no_policies(self, behavior: Behavior) -> Decision | None:
-        """With platform sync and fail_mode "closed": block a step while no set ever loaded."""
-        sync = self.policy_sync
-        if sync is None or self.fail_mode == "open" or self.engine is not self._initial_engine:
-            return None
-        if not self._waited_for_policies:
-            # The first evaluation waits, at most the sync timeout, for the first bundle
-            # (on_update swaps the engine before wait_first returns).
-            self._waited_for_policies = True
-            sync.wait_first(sync.timeout)
-            if self.engine is not self._initial_engine:
-                return None
-        if not behavior.step_type.value.startswith("step."):
-            return None
-        violation = Violation(
-            policy_id="pathguard.no-policies",
-            rule="fail_mode",
-            severity=Severity.critical,
-            effect=Effect.block,
-            mode=Mode.enforce,
-            reason="no verified policy set was loaded from the platform yet "
-            f"({sync.status()['last_error'] or 'the first fetch is under way'}) and fail_mode "
-            "is 'closed'",
+        self._incidents = incident_webhook_option(
+            self.agent_key, incident_webhook, incident_webhook_secret
         )
-        return Decision.from_violations([violation], ())
+        # How a step reaches the trace: written now, or queued for the link's writer thread.
+        self._write: Callable[[HashChain, Behavior, Decision | None], None] = self._write_now
+        self._link: PlatformLink | None = None
+        if self.api_url:
+            self._link = connect(
+                self,
+                cache_dir=cache_dir,
+                policy_ttl=policy_ttl,
+                queue_size=trace_queue_size,
+                after_write=None if self._incidents is None else self._report,
+            )
+            if self._link.writer is not None:
+                self._write = self._link.writer.put
+
+    @property
+    def policy_sync(self) -> PolicySync | None:
+        """The platform policy sync (with `api_url`), else None."""
+        return None if self._link is None else self._link.policy_sync
+
+    @property
+    def trace_shipper(self) -> TraceShipper | None:
+        """The platform trace shipper (with `api_url`), else None."""
+        return None if self._link is None else self._link.trace_shipper
 
     def status(self) -> dict[str, Any]:
-        """The platform sync state: `state` is "enforcing", "stale", "unavailable" or "local"."""
-        if self.policy_sync is None or self.trace_shipper is None:
-            return {"state": "local", "fail_mode": self.fail_mode}
-        policies = self.policy_sync.status()
-        return {
-            "state": policies["state"],
-            "fail_mode": self.fail_mode,
-            "policies": policies,
-            "traces": self.trace_shipper.status(),
-        }
+        """The platform sync state: `state` is "enforcing", "stale", "unavailable" or "local";
+        with an incident webhook, `incidents` counts its deliveries."""
+        if self._link is None:
+            status: dict[str, Any] = {"state": "local", "fail_mode": self.fail_mode}
+        else:
+            status = self._link.status()
+        if self._incidents is not None:
+            status["incidents"] = self._incidents.status()
+        return status
 
     def __repr__(self) -> str:
         n = len(self.engine.policy_set.policies)
@@ -325,15 +259,19 @@ class Guard:
                 phase="registration",
             )
             if not ask_sync(self.approval_handler, request):
+                if self._incidents is not None:
+                    self._incidents.report(None, decision, denied=True)
                 raise ApprovalDeniedError(
                     decision,
                     None,
                     f"The registration of agent {self.agent_key!r} needed an approval that was "
                     f"not given ({'; '.join(request.reasons)}).",
                 )
-        elif decision.action is Action.block:
-            raise BlockedError(decision, None)
-        elif decision.action is Action.warn:
+        elif decision.action is Action.block or decision.action is Action.warn:
+            if self._incidents is not None:
+                self._incidents.report(None, decision)
+            if decision.action is Action.block:
+                raise BlockedError(decision, None)
             self._warn(decision, None)
         with self._lock:
             self.engine.register(registration)
@@ -355,7 +293,11 @@ class Guard:
         with self._lock:
             engine = self.engine
             engine.start_task(task_id, agent_key=self.agent_key)
-        chain = HashChain(sinks=self._sinks) if self._sinks else None
+        chain = None
+        if self._sinks:
+            # With a trace writer, records reach the sinks through it, not through the chain.
+            queued = self._link is not None and self._link.writer is not None
+            chain = HashChain(sinks=() if queued else self._sinks)
         handle = _TaskHandle(task_id, parent, chain, engine)
         start = self._marker(
             StepType.task_start,
@@ -368,7 +310,7 @@ class Guard:
             self._take_marker(handle, start)
         except BlockedError:
             with self._lock:
-                engine.end_task(task_id)
+                handle.engine.end_task(task_id)  # the task may have moved to a new engine
             raise
         self._current.set(handle)
         return task_id
@@ -393,8 +335,8 @@ class Guard:
         with self._lock:
             handle.engine.end_task(handle.task_id)
         self._current.set(handle.parent)
-        if self.trace_shipper is not None:
-            self.trace_shipper.wake()
+        if self._link is not None:
+            self._link.trace_shipper.wake()  # its thread drains the queue before shipping
 
     def error_task(
         self,
@@ -620,14 +562,14 @@ class Guard:
         return to_jsonable(value, self.capture_limits, json_default=self.json_default, where=where)
 
     def _decide(self, handle: _TaskHandle, behavior: Behavior) -> Decision:
-        blocked = self._no_policies(behavior)
-        if blocked is not None:
-            return blocked
-        if handle.engine is self._initial_engine and self.engine is not handle.engine:
-            # Started before the first platform set arrived: move to the set now in force.
-            with self._lock:
-                handle.engine.end_task(handle.task_id)
-                handle.engine = self.engine
+        link = self._link
+        if link is not None:
+            if not link.loaded:
+                blocked = link.no_policies(behavior)
+                if blocked is not None:
+                    return blocked
+            if handle.engine is link.initial_engine and self.engine is not handle.engine:
+                self._move_task(handle, link.initial_engine)
         try:
             with self._lock:
                 return handle.engine.evaluate(behavior)
@@ -635,6 +577,23 @@ class Guard:
             # ... except for the end of a task: an engine failure must not hold it open.
             closing = behavior.step_type in (StepType.task_end, StepType.task_error)
             return self._engine_failure(exc, fail_open=closing)
+
+    def _move_task(self, handle: _TaskHandle, initial: PolicyEngine) -> None:
+        """Move a task started before the first platform set arrived onto the engine now in
+        force, replaying its path so far (the last `history_limit` entries), so that path
+        rules see its earlier steps: it must not run on with no policies at all."""
+        with self._lock:
+            if handle.engine is not initial:
+                return  # another thread of the task moved it
+            engine = self.engine
+            held = initial.end_task(handle.task_id)
+            engine.start_task(handle.task_id, agent_key=self.agent_key)
+            try:
+                for behavior in () if held is None else held.history:
+                    engine.record(behavior)
+            except Exception as exc:  # as in _record: a broken monitor must not stop the task
+                logger.error("pathguard could not update its monitors: %r", exc, exc_info=exc)
+            handle.engine = engine
 
     def _engine_failure(self, exc: Exception, *, fail_open: bool = False) -> Decision:
         logger.error("pathguard could not evaluate a step: %r", exc, exc_info=exc)
@@ -841,9 +800,22 @@ class Guard:
                 handle.engine.record(behavior)
         except Exception as exc:  # never lose the trace because a monitor broke
             logger.error("pathguard could not update its monitors: %r", exc, exc_info=exc)
-        if handle.chain is not None:
-            # The chain writes to the sinks under its own lock, so lines stay in seq order.
-            handle.chain.append(behavior, decision)
+        chain = handle.chain
+        if chain is not None:
+            self._write(chain, behavior, decision)
+        elif self._incidents is not None and decision is not None:
+            self._incidents.report(behavior, decision)
+
+    def _write_now(self, chain: HashChain, behavior: Behavior, decision: Decision | None) -> None:
+        # The chain writes to the sinks under its own lock, so lines stay in seq order.
+        record = chain.append(behavior, decision)
+        if self._incidents is not None and decision is not None:
+            self._incidents.report(behavior, decision, record.seq)
+
+    def _report(self, behavior: Behavior, decision: Decision | None, seq: int) -> None:
+        """The trace writer's hook: report an incident once its record has a seq."""
+        if self._incidents is not None and decision is not None:
+            self._incidents.report(behavior, decision, seq)
 
     def _close(self, handle: _TaskHandle, final: Behavior, decision: Decision) -> None:
         self._record(handle, final, decision)
@@ -866,27 +838,36 @@ class Guard:
         self._sinks.append(sink)
 
     def remove_sink(self, sink: TraceSink) -> None:
-        """Stop sending trace records to a sink (it is flushed, not closed)."""
+        """Stop sending trace records to a sink (it is flushed, not closed); with api_url,
+        the records queued so far are written first."""
+        if self._link is not None:
+            self._link.drain()
         self._sinks.remove(sink)
         sink.flush()
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every trace record handed to a sink is written; with api_url, also
-        until the platform has it (at most `timeout` seconds). True when all arrived."""
+        """Wait until every trace record is written to the sinks; with api_url, also until
+        the platform has it, and with an incident webhook until the incidents were sent (at
+        most `timeout` seconds for each). True when all arrived."""
+        if self._link is not None:
+            self._link.drain()
         for sink in self._sinks:
             sink.flush()
-        if self.trace_shipper is None:
-            return True
-        return self.trace_shipper.flush(timeout)
+        arrived = True
+        if self._link is not None:
+            arrived = self._link.flush(timeout)
+        if self._incidents is not None:
+            arrived = self._incidents.flush(timeout) and arrived
+        return arrived
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush and close the trace sinks; with api_url, try a last shipment (at most
-        `timeout` seconds; what does not arrive stays in the spool) and stop the threads."""
-        if self.trace_shipper is not None:
-            self.trace_shipper.flush(timeout)
-            self.trace_shipper.close()
-        if self.policy_sync is not None:
-            self.policy_sync.stop()
+        """Flush and close the trace sinks; with api_url, write the queued records, try a
+        last shipment (at most `timeout` seconds; what does not arrive stays in the spool)
+        and stop the threads; send the incidents still queued (at most `timeout` seconds)."""
+        if self._link is not None:
+            self._link.close(timeout)
+        if self._incidents is not None:
+            self._incidents.close(timeout)
         for sink in self._sinks:
             sink.close()
 

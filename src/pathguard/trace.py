@@ -112,31 +112,52 @@ class TraceRecord:
     decision: dict[str, Any] | None = None
     prev_hash: str
     hash: str
+    # The record's canonical JSON line, kept by `from_behavior` (not a field of the record).
+    _line: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_behavior(
         cls, b: Behavior, *, decision: Decision | None, seq: int, prev_hash: str
     ) -> TraceRecord:
         """Freeze a behaviour (and the decision that let it run or blocked it) into a record."""
-        body: dict[str, Any] = {
-            "v": TRACE_VERSION,
+        # The body in two parts: the keys that sort before "hash" and those after it. Their
+        # canonical JSON joined is the body's (which the hash covers), and with the hash put
+        # between them it is the record's line, so a sink need not encode the record again.
+        head: dict[str, Any] = {
             "agent_key": b.agent_key,
-            "task_id": b.task_id,
-            "seq": seq,
-            "timestamp": float(b.timestamp),
-            "step_type": b.step_type.value,
-            "verb": None if b.verb is None else b.verb.value,
-            "scope": b.step_type.scope.value,
-            "step_name": b.step_name,
-            "status": b.status.value,
-            "properties": _plain(b.properties),
-            "input": _plain(b.input),
-            "output": _plain(b.output),
-            "meta": _plain(b.meta),
             "decision": None if decision is None else _plain(decision.to_dict()),
-            "prev_hash": prev_hash,
         }
-        return cls(**body, hash=record_hash(prev_hash, body))
+        tail: dict[str, Any] = {
+            "input": _plain(b.input),
+            "meta": _plain(b.meta),
+            "output": _plain(b.output),
+            "prev_hash": prev_hash,
+            "properties": _plain(b.properties),
+            "scope": b.step_type.scope.value,
+            "seq": seq,
+            "status": b.status.value,
+            "step_name": b.step_name,
+            "step_type": b.step_type.value,
+            "task_id": b.task_id,
+            "timestamp": float(b.timestamp),
+            "v": TRACE_VERSION,
+            "verb": None if b.verb is None else b.verb.value,
+        }
+        first = canonical_json(head)[:-1]  # without its "}"
+        rest = canonical_json(tail)[1:]  # without its "{"
+        digest = hashlib.sha256(prev_hash.encode("utf-8") + first + b"," + rest)
+        record = cls(**head, **tail, hash="sha256:" + digest.hexdigest())
+        line = b"".join((first, b',"hash":"', record.hash.encode("ascii"), b'",', rest, b"\n"))
+        object.__setattr__(record, "_line", line)
+        return record
+
+    def canonical_line(self) -> bytes:
+        """The record as one line of canonical JSON, newline included (as sinks write it)."""
+        line = self._line
+        if line is None:
+            line = canonical_json(self.to_dict()) + b"\n"
+            object.__setattr__(self, "_line", line)
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON data, in field order (the nested values are shared, not copied)."""
@@ -180,7 +201,7 @@ class TraceRecord:
         return record_hash(self.prev_hash, self.body()) == self.hash
 
 
-_FIELDS: Final = tuple(f.name for f in dataclasses.fields(TraceRecord))
+_FIELDS: Final = tuple(f.name for f in dataclasses.fields(TraceRecord) if f.init)
 _OPTIONAL: Final[dict[str, Any]] = {
     "verb": None,
     "step_name": None,
@@ -231,10 +252,11 @@ class HashChain:
     """The chain state of one task: assigns seq 0, 1, 2, ... and links each record to the last.
 
     Thread-safe. When `sinks` are given (the sequence is kept by reference, so later additions
-    count), each record is written to them under the chain's lock, which keeps the order of
-    lines in a file equal to the order of `seq` even when several threads take steps in the
-    same task; a sink that raises is logged and skipped. `next_seq` and `prev_hash` resume an
-    existing chain.
+    count), `append` writes each record to them under the chain's lock, which keeps the order
+    of lines in a file equal to the order of `seq` even when several threads take steps in the
+    same task; a sink that raises is logged and skipped. `link` builds the next record without
+    writing it, for a caller that writes records itself in seq order (a Guard with `api_url`
+    does this on its trace writer thread). `next_seq` and `prev_hash` resume an existing chain.
     """
 
     def __init__(
@@ -262,23 +284,33 @@ class HashChain:
         """The hash of the last record (GENESIS before the first)."""
         return self._head
 
+    def link(self, behavior: Behavior, decision: Decision | None = None) -> TraceRecord:
+        """Turn a behaviour into the chain's next record and return it, writing it nowhere."""
+        with self._lock:
+            return self._link(behavior, decision)
+
+    def _link(self, behavior: Behavior, decision: Decision | None) -> TraceRecord:
+        # Under self._lock.
+        task = (behavior.agent_key, behavior.task_id)
+        if self._task is None:
+            self._task = task
+        elif task != self._task:
+            raise ValueError(
+                f"This HashChain holds the records of task {self._task[1]!r} of agent "
+                f"{self._task[0]!r}, not task {task[1]!r} of agent {task[0]!r}; use one "
+                "chain per task."
+            )
+        record = TraceRecord.from_behavior(
+            behavior, decision=decision, seq=self._seq, prev_hash=self._head
+        )
+        self._seq += 1
+        self._head = record.hash
+        return record
+
     def append(self, behavior: Behavior, decision: Decision | None = None) -> TraceRecord:
         """Turn a behaviour into the chain's next record, hand it to the sinks, return it."""
-        task = (behavior.agent_key, behavior.task_id)
         with self._lock:
-            if self._task is None:
-                self._task = task
-            elif task != self._task:
-                raise ValueError(
-                    f"This HashChain holds the records of task {self._task[1]!r} of agent "
-                    f"{self._task[0]!r}, not task {task[1]!r} of agent {task[0]!r}; use one "
-                    "chain per task."
-                )
-            record = TraceRecord.from_behavior(
-                behavior, decision=decision, seq=self._seq, prev_hash=self._head
-            )
-            self._seq += 1
-            self._head = record.hash
+            record = self._link(behavior, decision)
             for sink in self._sinks:
                 try:
                     sink.write(record)
@@ -436,7 +468,7 @@ class JsonlSink:
         lines = []
         for record in records:
             try:
-                lines.append(canonical_json(record.to_dict()) + b"\n")
+                lines.append(record.canonical_line())
             except ValueError as exc:
                 self.errors += 1
                 logger.error(

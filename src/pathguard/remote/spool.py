@@ -46,10 +46,10 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pathguard.canonical import canonical_json
 from pathguard.errors import PathguardError, TraceIntegrityError
 from pathguard.remote.cache import fsync_directory, write_atomically
 from pathguard.trace import TraceRecord
@@ -282,7 +282,7 @@ class TraceSpool:
         Raises ValueError if the record cannot be canonical JSON, OSError if the disk refuses
         it (the spool is left without a partial line), RuntimeError after `close`.
         """
-        line = canonical_json(record.to_dict()) + b"\n"
+        line = record.canonical_line()
         with self._write_lock:
             if self._closed:
                 raise RuntimeError(
@@ -317,6 +317,88 @@ class TraceSpool:
             position = self._end
             self._end += 1
         return position
+
+    def write_many(self, records: Sequence[TraceRecord]) -> None:
+        """Append records in order with one write system call per segment they go to.
+
+        A record the spool refuses (SpoolFullError, an OSError, a value that is not JSON)
+        is logged and counted like a failed `append`; the records after it still go in.
+        """
+        lines: list[bytes | Exception] = []
+        for record in records:
+            try:
+                lines.append(record.canonical_line())
+            except ValueError as exc:
+                lines.append(exc)
+        done = 0
+        while done < len(records):
+            try:
+                with self._write_lock:
+                    done += self._append_lines(lines, done)
+            except Exception as exc:
+                record = records[done]
+                logger.error(
+                    "the trace spool failed to take record seq %d of task %s: %r",
+                    record.seq,
+                    record.task_id,
+                    exc,
+                )
+                done += 1
+
+    def _append_lines(self, lines: list[bytes | Exception], start: int) -> int:
+        """Append `lines[start:]` up to the first one that needs a new segment or is refused
+        (raising for that one when it is the first); the number appended. Under the write
+        lock."""
+        if self._closed:
+            raise RuntimeError(
+                f"The trace spool {str(self.directory)!r} is closed; open a new TraceSpool "
+                "to keep appending."
+            )
+        used = None if self.max_bytes is None else sum(self._sealed_bytes.values())
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines[start:]:
+            if isinstance(line, Exception):
+                if chunk:
+                    break
+                raise line
+            total = self._active_size + size
+            if (
+                used is not None
+                and self.max_bytes is not None
+                and used + total + len(line) > self.max_bytes
+            ):
+                if chunk:
+                    break
+                self.refused += 1
+                raise SpoolFullError(
+                    f"The trace spool {str(self.directory)!r} holds {used + total} bytes "
+                    "of undelivered records, its max_bytes limit; a record was not "
+                    "spooled. Bring the platform back or raise max_bytes."
+                )
+            if total > 0 and total + len(line) > self.segment_bytes:
+                if chunk:
+                    break
+                self._rotate()
+                if used is not None:
+                    used = sum(self._sealed_bytes.values())
+            chunk.append(line)
+            size += len(line)
+        data = b"".join(chunk)
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"only {written} of {len(data)} bytes were written")
+            if self.sync == "record":
+                os.fsync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._active_size)
+            raise
+        self._unsynced = self.sync != "record"
+        self._active_size += size
+        self._end += len(chunk)
+        return len(chunk)
 
     def _rotate(self) -> None:
         """Seal the active segment (fsync) and start the next one; under the write lock."""

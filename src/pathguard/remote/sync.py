@@ -304,6 +304,8 @@ class TraceShipper:
     409: it does not continue the stored chain) is not skipped: it blocks the spool, is
     retried at `max_backoff` and is reported in `status()`, so no record is ever dropped
     silently. The spool itself belongs to the caller (`close()` does not close it).
+    `before`, when given, is called before each shipment and at the start of `flush` (a
+    Guard drains its in-memory trace queue into the spool there).
     """
 
     def __init__(
@@ -316,6 +318,7 @@ class TraceShipper:
         batch: int = 500,
         timeout: float = 5.0,
         max_backoff: float = 30.0,
+        before: Callable[[], None] | None = None,
     ) -> None:
         if not 1 <= batch <= _MAX_BATCH:
             raise ValueError(f"batch must be between 1 and {_MAX_BATCH} records.")
@@ -327,6 +330,7 @@ class TraceShipper:
         self.batch = batch
         self.timeout = float(timeout)
         self.max_backoff = float(max_backoff)
+        self.before = before
         self._headers = _auth(api_key)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -362,6 +366,7 @@ class TraceShipper:
 
         Without a running thread the shipment happens in the calling thread.
         """
+        self._before()
         target = self.spool.end
         if self._thread is None or not self._thread.is_alive():
             self.ship_pending()
@@ -421,6 +426,7 @@ class TraceShipper:
         with self._ship_lock:
             with self._progress:
                 self._started += 1
+            self._before()
             try:
                 ok = self._ship_all(client)
             except Exception as exc:  # never let the thread die; report and back off
@@ -430,6 +436,13 @@ class TraceShipper:
             self._attempts += 1
             self._progress.notify_all()
         return ok
+
+    def _before(self) -> None:
+        if self.before is not None:
+            try:
+                self.before()
+            except Exception:  # ship what is spooled even so
+                logger.exception("the before-shipment hook of the trace shipper failed")
 
     def _ship_all(self, client: httpx.Client) -> bool:
         size = self.batch

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +356,9 @@ def test_with_no_policy_set_ever_loaded_fail_mode_decides_every_step(
                 [violation] = info.value.decision.violations
                 assert violation.policy_id == "pathguard.no-policies"
         assert guard.status()["state"] == "unavailable"
-        assert guard.status()["traces"]["pending"] == 3  # kept in the spool for later
+        assert not guard.flush(timeout=2)  # nothing listens: the records stay for later
+        traces = guard.status()["traces"]
+        assert (traces["queued"], traces["pending"]) == (0, 3)  # in the spool, on disk
     finally:
         guard.close(timeout=1)
 
@@ -400,3 +406,148 @@ def test_a_policy_update_applies_to_tasks_started_after_it(
         with guard.task():
             run()
             run()
+
+
+def test_a_task_started_before_the_first_policy_set_is_held_to_it_with_its_whole_path(
+    engine: Engine,
+    late_server: Callable[[Engine, int], None],
+    admin: httpx.Client,
+    make_key: Callable[[str | None], str],
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    key = make_key(AGENT)
+    guard = Guard(AGENT, api_url=f"http://127.0.0.1:{port}", api_key=key, cache_dir=tmp_path)
+    assert guard.policy_sync is not None
+
+    @guard.step(StepType.step_exec)
+    def run() -> str:
+        return "ran"
+
+    try:
+        with guard.task(properties={"source": "email"}):  # the platform is not up yet
+            with pytest.raises(BlockedError) as before:
+                run()
+            assert before.value.decision.violations[0].policy_id == "pathguard.no-policies"
+
+            late_server(engine, port)
+            publish(admin, NO_EXEC_AFTER_EMAIL)
+            assert guard.policy_sync.refresh()
+            # The task moved to the set that arrived, and the set sees where the task began.
+            with pytest.raises(BlockedError) as after:
+                run()
+            assert [v.policy_id for v in after.value.decision.violations] == ["no-exec-after-email"]
+        with guard.task(properties={"source": "web"}):
+            assert run() == "ran"
+        assert guard.flush(timeout=30)
+    finally:
+        guard.close()
+    assert admin.get("/v1/audit/verify").json()["ok"] is True
+
+
+NO_EXEC_AFTER_EMAIL = {
+    "version": 1,
+    "name": "email-is-untrusted",
+    "policies": [
+        {
+            "id": "no-exec-after-email",
+            "when": {"step_type": "step.exec"},
+            "rule": "not_after",
+            "params": {"step_type": "task.start", "properties": {"source": "email"}},
+        }
+    ],
+}
+
+
+def test_ending_a_task_ships_its_records_without_waiting_for_the_timer(
+    api_url: str, admin: httpx.Client, make_key: Callable[[str | None], str], tmp_path: Path
+) -> None:
+    publish(admin, document("lenient"))
+    guard = Guard(AGENT, api_url=api_url, api_key=make_key(AGENT), cache_dir=tmp_path)
+    assert guard.trace_shipper is not None
+    shipped = threading.Event()
+
+    @guard.step(StepType.step_exec)
+    def run() -> None: ...
+
+    try:
+        guard.trace_shipper.interval = 3600.0
+        with guard.task():
+            run()
+        assert guard.flush(timeout=30)  # from now on the shipper waits an hour, or a wake-up
+        with guard.task() as task_id:
+            run()
+        # end_task queued task.end, then woke the shipper, which drains the queue first.
+        for _ in range(300):
+            if admin.get(f"/v1/tasks/{task_id}").status_code == 200:
+                shipped.set()
+                break
+            shipped.wait(0.1)
+        assert shipped.is_set()
+        steps = admin.get(f"/v1/tasks/{task_id}").json()["steps"]
+        assert [s["step_type"] for s in steps] == ["task.start", "step.exec", "task.end"]
+    finally:
+        guard.close()
+
+
+@pytest.fixture
+def incident_receiver() -> Iterator[tuple[str, list[tuple[str, bytes]], threading.Condition]]:
+    """A real HTTP server on loopback keeping each POST's signature header and body."""
+    posts: list[tuple[str, bytes]] = []
+    arrived = threading.Condition()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with arrived:
+                posts.append((self.headers["X-Pathguard-Signature"], body))
+                arrived.notify_all()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/incidents", posts, arrived
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_block_reaches_the_incident_webhook_at_once_and_the_platform_with_the_trace(
+    api_url: str,
+    admin: httpx.Client,
+    make_key: Callable[[str | None], str],
+    tmp_path: Path,
+    incident_receiver: tuple[str, list[tuple[str, bytes]], threading.Condition],
+) -> None:
+    url, posts, arrived = incident_receiver
+    publish(admin, EXEC_LIMIT)
+    guard = Guard(
+        AGENT,
+        api_url=api_url,
+        api_key=make_key(AGENT),
+        cache_dir=tmp_path,
+        incident_webhook=url,
+        incident_webhook_secret="hook-secret",
+    )
+    try:
+        task_id = run_task(guard, 2)
+        with arrived:
+            assert arrived.wait_for(lambda: len(posts) == 1, 30)
+        assert guard.flush(timeout=30)
+    finally:
+        guard.close()
+    [(signature, body)] = posts
+    assert signature == "sha256=" + hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
+    data = json.loads(body)["data"]
+    assert (data["task_id"], data["seq"], data["action"]) == (task_id, 2, "block")
+    assert [v["policy_id"] for v in data["violations"]] == ["one-exec"]
+    [incident] = admin.get("/v1/incidents", params={"agent": AGENT}).json()
+    assert (incident["task_id"], incident["policy_id"], incident["seq"]) == (
+        task_id,
+        "one-exec",
+        2,
+    )
